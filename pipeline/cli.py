@@ -1,0 +1,231 @@
+"""``traverz``: one command for every process and operator task.
+
+Every option defaults from a ``TRAVERZ_*`` environment variable (shown in
+``--help``), so a process is configured the same way from a shell, from
+``make demo`` and from docker compose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from pipeline import kafka_local
+from pipeline.settings import Settings, get_settings
+
+
+def _env(name: str) -> str:
+    return f"TRAVERZ_{name.upper()}"
+
+
+def _broker_layout(s: Settings) -> kafka_local.BrokerLayout:
+    return kafka_local.layout(s.home, s.kafka_port, s.kafka_controller_port)
+
+
+def cmd_kafka(args: argparse.Namespace, s: Settings) -> int:
+    lay = _broker_layout(s)
+    if args.action == "up":
+        print(f"resolving Apache Kafka {kafka_local.KAFKA_VERSION} jars (cached in {lay.libs}) ...", flush=True)
+        pid = kafka_local.start(lay, heap=s.kafka_heap)
+        print(f"kafka {kafka_local.KAFKA_VERSION} (KRaft) listening on {lay.bootstrap}, pid {pid}")
+        print(f"  data: {lay.data}\n  log:  {lay.log}")
+        return 0
+    if args.action == "down":
+        stopped = kafka_local.stop(lay)
+        print("kafka stopped" if stopped else "kafka was not running")
+        if args.wipe:
+            kafka_local.wipe(lay)
+            print(f"removed {lay.base}")
+        return 0
+    running = kafka_local.read_pid(lay)
+    if running is None:
+        print(f"kafka is not running (port {lay.port})")
+        return 3
+    print(f"kafka is running on {lay.bootstrap}, pid {running}, data {lay.data}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
+    from pipeline import kafka_io
+
+    if args.action == "create":
+        created = asyncio.run(kafka_io.create_topics(s.bootstrap, args.partitions or s.partitions, s.replication))
+        for spec in kafka_io.TOPICS:
+            print(f"{spec.name}: {'created' if spec.name in created else 'exists'}")
+        return 0
+    counts = asyncio.run(kafka_io.describe_partitions(s.bootstrap, [t.name for t in kafka_io.TOPICS]))
+    for name, n in counts.items():
+        print(f"{name}\tpartitions={n}")
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace, s: Settings) -> int:
+    from pipeline import tokens
+
+    print(
+        tokens.issue(
+            args.device,
+            secret=s.token_secret,
+            kid=s.token_kid,
+            issuer=s.token_issuer,
+            audience=s.token_audience,
+            ttl_s=args.ttl,
+        )
+    )
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, s: Settings) -> int:
+    import uvicorn
+
+    from pipeline.ingest.app import build_app
+
+    cert = args.tls_cert or s.tls_cert
+    key = args.tls_key or s.tls_key
+    uvicorn.run(
+        build_app(s),
+        host=args.host or s.ingest_host,
+        port=args.port or s.ingest_port,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=cert or None,
+        ssl_keyfile=key or None,
+        http="httptools",
+        loop="uvloop",
+    )
+    return 0
+
+
+def cmd_push(args: argparse.Namespace, s: Settings) -> int:
+    import uvicorn
+
+    from pipeline.push.app import MAX_FRAME, build_app
+
+    uvicorn.run(
+        build_app(s),
+        host=args.host or s.push_host,
+        port=args.port or s.push_port,
+        log_level="warning",
+        access_log=False,
+        ws_max_size=MAX_FRAME,
+        loop="uvloop",
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
+    from topologies.app import app
+
+    sys.argv = [
+        "traverz-worker",
+        "worker",
+        "-l",
+        args.loglevel,
+        "--web-port",
+        str(s.worker_port),
+        "--web-bind",
+        s.worker_host,
+        "--web-host",
+        s.worker_host,
+    ]
+    app.main()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
+    from pipeline import demo
+
+    return demo.run(s, duration=args.duration, devices=args.devices)
+
+
+def cmd_simulate(args: argparse.Namespace, s: Settings) -> int:
+    from pipeline.sim import synthetic
+
+    return asyncio.run(
+        synthetic.drive(
+            f"http://{s.ingest_host}:{s.ingest_port}",
+            s,
+            devices=args.devices,
+            duration=args.duration,
+        )
+    )
+
+
+def cmd_tail(args: argparse.Namespace, s: Settings) -> int:
+    from pipeline import tail
+
+    return asyncio.run(tail.follow(s, args.what, json_lines=args.json, from_beginning=args.from_beginning))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="traverz", description="Traverz live-traffic backend")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    k = sub.add_parser("kafka", help="the embedded single-node Kafka broker (KRaft)")
+    k.add_argument("action", choices=["up", "down", "status"])
+    k.add_argument("--wipe", action="store_true", help="with down: delete the broker's data")
+    k.set_defaults(fn=cmd_kafka)
+
+    t = sub.add_parser("topics", help="create or list the Traverz topics")
+    t.add_argument("action", choices=["create", "describe"])
+    t.add_argument("--partitions", type=int, default=0, help=f"default ${_env('partitions')}")
+    t.set_defaults(fn=cmd_topics)
+
+    tok = sub.add_parser("tokens", help="device tokens")
+    tok.add_argument("action", choices=["issue"])
+    tok.add_argument("--device", required=True)
+    tok.add_argument("--ttl", type=int, default=30 * 86400, help="seconds (default 30 days)")
+    tok.set_defaults(fn=cmd_tokens)
+
+    i = sub.add_parser("ingest", help="the HTTP(S) ingest proxy")
+    i.add_argument("--host", default="", help=f"default ${_env('ingest_host')}")
+    i.add_argument("--port", type=int, default=0, help=f"default ${_env('ingest_port')}")
+    i.add_argument("--tls-cert", default="", help=f"PEM cert, serve HTTPS; ${_env('tls_cert')}")
+    i.add_argument("--tls-key", default="", help=f"PEM key; ${_env('tls_key')}")
+    i.set_defaults(fn=cmd_ingest)
+
+    w = sub.add_parser("worker", help="a faust stream worker (topologies.app)")
+    w.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    w.set_defaults(fn=cmd_worker)
+
+    pu = sub.add_parser("push", help="the WebSocket push worker")
+    pu.add_argument("--host", default="", help=f"default ${_env('push_host')}")
+    pu.add_argument("--port", type=int, default=0, help=f"default ${_env('push_port')}")
+    pu.set_defaults(fn=cmd_push)
+
+    sim = sub.add_parser("simulate", help="drive the ingest proxy with simulated drivers")
+    sim.add_argument("--devices", type=int, default=300)
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds (0 = until Ctrl-C)")
+    sim.set_defaults(fn=cmd_simulate)
+
+    ta = sub.add_parser("tail", help="follow conditions or alerts")
+    ta.add_argument("what", choices=["conditions", "alerts"])
+    ta.add_argument("--json", action="store_true", help="JSON lines for piping")
+    ta.add_argument("--from-beginning", action="store_true")
+    ta.set_defaults(fn=cmd_tail)
+
+    d = sub.add_parser("demo", help="broker, topics, ingest, worker, push and simulated drivers")
+    d.add_argument("--duration", type=float, default=0.0, help="seconds (0 = until Ctrl-C)")
+    d.add_argument("--devices", type=int, default=300)
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    s = get_settings()
+    try:
+        return int(args.fn(args, s))
+    except kafka_local.KafkaError as exc:
+        print(f"traverz: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

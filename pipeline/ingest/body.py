@@ -1,0 +1,70 @@
+"""Request bodies with hard limits: size on the wire, size after gzip, JSON shape."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+MAX_BODY = 256 * 1024
+MAX_INFLATED = 2 * 1024 * 1024
+
+
+class BodyError(Exception):
+    """A client mistake in the body; carries the HTTP status and a reason code."""
+
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.detail = status, reason, detail
+
+
+def check_content_type(value: str | None) -> None:
+    media = (value or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise BodyError(415, "unsupported_media_type", "send Content-Type: application/json")
+
+
+async def read_limited(chunks: AsyncIterator[bytes], declared: str | None) -> bytes:
+    """The raw body, refused with 413 as soon as it passes MAX_BODY bytes."""
+    if declared is not None:
+        try:
+            if int(declared) > MAX_BODY:
+                raise BodyError(413, "body_too_large", f"limit is {MAX_BODY} bytes")
+        except ValueError as exc:
+            raise BodyError(400, "bad_content_length") from exc
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BodyError(413, "body_too_large", f"limit is {MAX_BODY} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def inflate(raw: bytes, encoding: str | None) -> bytes:
+    """Undo ``Content-Encoding: gzip``, stopping early past MAX_INFLATED (gzip bombs)."""
+    enc = (encoding or "identity").strip().lower()
+    if enc in ("identity", ""):
+        return raw
+    if enc != "gzip":
+        raise BodyError(415, "unsupported_encoding", "only gzip is accepted")
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(raw, MAX_INFLATED + 1)
+    except zlib.error as exc:
+        raise BodyError(400, "bad_gzip", str(exc)) from exc
+    if len(out) > MAX_INFLATED or d.unconsumed_tail:
+        raise BodyError(413, "inflated_too_large", f"limit is {MAX_INFLATED} bytes decompressed")
+    if not d.eof:
+        raise BodyError(400, "bad_gzip", "truncated gzip stream")
+    return out
+
+
+def parse_json(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(400, "malformed_json", str(exc)) from exc

@@ -1,0 +1,80 @@
+"""One settings object for every Traverz process.
+
+Every variable carries the ``TRAVERZ_`` prefix: faust reads unprefixed variables
+such as ``BROKER_URL`` or ``WEB_PORT`` and lets them override code, so our names
+must never collide with them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TOPIC_PINGS = "traverz.pings.v1"
+TOPIC_REPORTS = "traverz.reports.v1"
+TOPIC_CONDITIONS = "traverz.conditions.v1"
+TOPIC_ALERTS = "traverz.alerts.v1"
+TOPIC_DEADLETTER = "traverz.deadletter.v1"
+ALL_TOPICS = (TOPIC_PINGS, TOPIC_REPORTS, TOPIC_CONDITIONS, TOPIC_ALERTS, TOPIC_DEADLETTER)
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "traverz"
+
+
+class Settings(BaseSettings):
+    """Settings read from ``TRAVERZ_*`` environment variables (or ``.env``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAVERZ_", env_file=".env", extra="ignore")
+
+    # Kafka client side
+    bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    partitions: int = Field(8, ge=1, description="partitions per topic at creation")
+    replication: int = Field(1, ge=1, description="replication factor at creation")
+
+    # Embedded broker (``traverz kafka up``)
+    home: Path = Field(default_factory=_default_home, description="cache of jars and data")
+    kafka_port: int = Field(9092, description="broker listener port (loopback)")
+    kafka_controller_port: int = Field(0, description="KRaft controller port; 0 = port+1")
+    kafka_heap: str = Field("768m", description="broker JVM max heap")
+
+    # Ingest proxy
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8080
+
+    ingest_rate: float = Field(2.0, gt=0, description="requests/s per device (token bucket)")
+    ingest_burst: float = Field(30.0, ge=1, description="burst size per device")
+    ingest_produce_timeout: float = Field(0.9, gt=0, description="s to wait for Kafka acks before 503")
+    tls_cert: str = Field("", description="PEM certificate: serve HTTPS when set")
+    tls_key: str = Field("", description="PEM private key for tls_cert")
+
+    # Push worker
+    push_host: str = "127.0.0.1"
+    push_port: int = 8081
+
+    # Stream worker (faust)
+    worker_host: str = "127.0.0.1"
+    worker_port: int = 6066
+    data_dir: Path = Field(Path(".traverz/worker"), description="RocksDB state directory")
+    app_id: str = Field("traverz", description="faust application id (consumer group)")
+
+    # Device tokens (HS256 shared secrets keyed by kid; rotate by adding a kid)
+    token_secret: str = Field("dev-only-change-me-0123456789abcdef", min_length=16)
+    token_kid: str = "k1"
+    token_extra_keys: str = Field("", description="more verification keys: kid=secret,kid=secret")
+    token_issuer: str = "traverz"
+    token_audience: str = "traverz-devices"
+
+    # Spatial model
+    key_resolution: int = Field(7, ge=0, le=15, description="H3 res of the Kafka key")
+    cell_resolution: int = Field(9, ge=0, le=15, description="H3 res of conditions")
+    min_devices: int = Field(3, ge=1, description="k: distinct devices before publishing")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
