@@ -160,6 +160,15 @@ def cmd_tail(args: argparse.Namespace, s: Settings) -> int:
     return asyncio.run(tail.follow(s, args.what, json_lines=args.json, from_beginning=args.from_beginning))
 
 
+def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
+    if args.what == "ingest":
+        from pipeline.bench import ingest
+
+        return ingest.main(s, seconds=args.seconds, rounds=args.rounds, connections=args.connections)
+    print(f"traverz bench {args.what}: not built yet", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="traverz", description="Traverz live-traffic backend")
     sub = p.add_subparsers(dest="command", required=True)
@@ -206,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--json", action="store_true", help="JSON lines for piping")
     ta.add_argument("--from-beginning", action="store_true")
     ta.set_defaults(fn=cmd_tail)
+
+    b = sub.add_parser("bench", help="benchmarks against a raw baseline in the same run")
+    b.add_argument("what", choices=["ingest", "stream", "push"])
+    b.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    b.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    b.add_argument("--connections", type=int, default=64)
+    b.set_defaults(fn=cmd_bench)
 
     d = sub.add_parser("demo", help="broker, topics, ingest, worker, push and simulated drivers")
     d.add_argument("--duration", type=float, default=0.0, help="seconds (0 = until Ctrl-C)")

@@ -21,6 +21,15 @@ def cell(lat: float, lon: float, res: int) -> str:
     return str(h3.latlng_to_cell(lat, lon, res))
 
 
+def key_cell(lat: float, lon: float, key_res: int, cell_res: int) -> str:
+    """The Kafka key of a point: the ``key_res`` parent of its ``cell_res`` cell.
+
+    Not ``cell(lat, lon, key_res)``: H3 children do not tile their parent, so that
+    would split one ``cell_res`` cell over two keys (and partitions).
+    """
+    return str(h3.cell_to_parent(h3.latlng_to_cell(lat, lon, cell_res), key_res))
+
+
 def parent(cell_id: str, res: int) -> str:
     return str(h3.cell_to_parent(cell_id, res))
 
@@ -112,18 +121,25 @@ def cone_cells(
 
 
 def corridor_cells(route: Sequence[tuple[float, float]], width_m: float, res: int) -> set[str]:
-    """Cells along a (lat, lon) polyline, buffered by ``width_m`` (shapely → H3)."""
+    """Cells along a (lat, lon) polyline, buffered by ``width_m`` (shapely → H3).
+
+    The buffer is made in a local equirectangular frame in metres (city-scale
+    routes), then mapped back to (lng, lat) for h3.
+    """
+    from shapely.affinity import affine_transform
     from shapely.geometry import LineString, mapping
 
     if len(route) < 2:
         return {cell(route[0][0], route[0][1], res)} if route else set()
-    lat0 = route[0][0]
-    # buffer in degrees, scaled so width is metres at this latitude (city-scale routes)
-    deg = width_m / (EARTH_RADIUS_M * math.pi / 180.0)
-    line = LineString([(lon, lat / 1.0) for lat, lon in route])  # shapely is (lng, lat)
-    poly = line.buffer(deg / max(0.2, math.cos(math.radians(lat0))))
-    shape = h3.geo_to_h3shape(mapping(poly))
-    cells = {str(c) for c in h3.h3shape_to_cells(shape, res)}
+    lat0 = math.radians(route[0][0])
+    m_per_deg = EARTH_RADIUS_M * math.pi / 180.0
+    kx, ky = m_per_deg * max(0.05, math.cos(lat0)), m_per_deg
+    line = LineString([(lon * kx, lat * ky) for lat, lon in route])  # shapely is (x=lng, y=lat)
+    # h3 keeps cells whose *centre* is inside: widen by one edge so every cell the
+    # route itself crosses is in
+    poly = line.buffer(width_m + h3.average_hexagon_edge_length(res, unit="m"))
+    poly = affine_transform(poly, [1 / kx, 0, 0, 1 / ky, 0, 0])
+    cells = {str(c) for c in h3.h3shape_to_cells(h3.geo_to_h3shape(mapping(poly)), res)}
     cells.update(cell(lat, lon, res) for lat, lon in route)
     return cells
 

@@ -1,7 +1,7 @@
 """Pings: validation of what phones send, and the multi-ping Kafka record.
 
-A record on ``traverz.pings.v1`` is keyed by the H3 cell (resolution 7,
-~1.2 km edge) of its pings and carries up to 500 pings of that key:
+A record on ``traverz.pings.v1`` is keyed by an H3 resolution-7 cell (~1.2 km
+edge): the res-7 parent of each ping's res-9 cell and carries up to 500 pings of that key:
 ``{"v": 1, "cell", "ingest_ts", "pings": [...]}``. Several pings per record
 amortise the stream side's per-record cost (faust pays ~40 µs per record).
 
@@ -47,7 +47,58 @@ def _number(p: dict[str, Any], name: str) -> float | str:
 
 
 def validate_ping(p: Any, device_id: str, now: float) -> Ping | str:
-    """A normalised ping carrying ``device_id``, or the reason it is refused."""
+    """A normalised ping carrying ``device_id``, or the reason it is refused.
+
+    The fast path is one chain of type and range checks (NaN and ±inf fail the
+    range comparisons); anything it does not accept goes to the slow path, which
+    names the first problem.
+    """
+    if type(p) is dict:
+        seq = p.get("seq")
+        ts = p.get("ts")
+        lat = p.get("lat")
+        lon = p.get("lon")
+        speed = p.get("speed_mps")
+        heading = p.get("heading_deg")
+        acc = p.get("accuracy_m")
+        state = p.get("state")
+        if (
+            type(seq) is int
+            and 0 <= seq < 2**53
+            and type(ts) in _NUM
+            and now - MAX_AGE_S <= ts <= now + MAX_FUTURE_S  # type: ignore[operator]
+            and type(lat) in _NUM
+            and -90.0 <= lat <= 90.0  # type: ignore[operator]
+            and type(lon) in _NUM
+            and -180.0 <= lon <= 180.0  # type: ignore[operator]
+            and type(speed) in _NUM
+            and 0.0 <= speed <= MAX_SPEED_MPS  # type: ignore[operator]
+            and type(heading) in _NUM
+            and 0.0 <= heading < 360.0  # type: ignore[operator]
+            and type(acc) in _NUM
+            and 0.0 <= acc <= MAX_ACCURACY_M  # type: ignore[operator]
+            and (state is None or state in STATES)
+        ):
+            out: Ping = {
+                "device_id": device_id,
+                "seq": seq,
+                "ts": float(ts),  # type: ignore[arg-type]
+                "lat": float(lat),  # type: ignore[arg-type]
+                "lon": float(lon),  # type: ignore[arg-type]
+                "speed_mps": float(speed),  # type: ignore[arg-type]
+                "heading_deg": float(heading),  # type: ignore[arg-type]
+                "accuracy_m": float(acc),  # type: ignore[arg-type]
+            }
+            if state is not None:
+                out["state"] = state
+            return out
+    return _validate_slow(p, device_id, now)
+
+
+_NUM = (int, float)
+
+
+def _validate_slow(p: Any, device_id: str, now: float) -> Ping | str:
     if not isinstance(p, dict):
         return "ping: must be an object"
     seq = p.get("seq")
@@ -87,12 +138,17 @@ def validate_ping(p: Any, device_id: str, now: float) -> Ping | str:
     return out
 
 
-def group_by_key(pings: Iterable[Ping], res: int) -> dict[str, list[Ping]]:
-    """Pings grouped by the H3 cell that keys their Kafka record."""
+def group_by_key(pings: Iterable[Ping], key_res: int, cell_res: int = 9) -> dict[str, list[Ping]]:
+    """Pings grouped by the H3 cell that keys their Kafka record.
+
+    The key is the ``key_res`` *parent of the ping's ``cell_res`` cell*, not the
+    ``key_res`` cell of the point: H3 children do not tile their parent exactly,
+    and the stream side relies on every ``cell_res`` cell living in one partition.
+    """
     groups: dict[str, list[Ping]] = {}
+    key_cell = geo.key_cell
     for p in pings:
-        key = geo.cell(p["lat"], p["lon"], res)
-        groups.setdefault(key, []).append(p)
+        groups.setdefault(key_cell(p["lat"], p["lon"], key_res, cell_res), []).append(p)
     return groups
 
 

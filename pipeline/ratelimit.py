@@ -26,7 +26,8 @@ class TokenBuckets:
                 self._evict(now)
             b = self._buckets[key] = Bucket(self.burst, now)
         else:
-            b.tokens = min(self.burst, b.tokens + (now - b.updated) * self.rate)
+            # max(0, …): a wall clock stepping back must not lock a device out
+            b.tokens = min(self.burst, b.tokens + max(0.0, now - b.updated) * self.rate)
             b.updated = now
         if b.tokens >= cost:
             b.tokens -= cost

@@ -104,7 +104,9 @@ class CellSpeedWindow:
         """Count one ping; False for a duplicate or a ping whose window is over."""
         if ts <= now - WINDOW_S:
             return False  # already over: it cannot change what drivers are told now
-        if not self.accept(device, seq, now):
+        # a future-stamped ping stays countable until its own window ends: keep its
+        # dedupe entry alive that long, or a later replay would count twice
+        if not self.accept(device, seq, max(now, ts)):
             return False
         start = int(ts // BUCKET_S) * BUCKET_S
         sectors = self.buckets.get(start)
@@ -133,8 +135,8 @@ class CellSpeedWindow:
         lo = now - WINDOW_S
         merged: dict[int, SectorBucket] = {}
         for start, sectors in self.buckets.items():
-            if start + BUCKET_S <= lo:
-                continue
+            if start + BUCKET_S <= lo or start > now:
+                continue  # over, or stamped ahead of now by a phone's fast clock
             for sec, b in sectors.items():
                 m = merged.get(sec)
                 if m is None:

@@ -95,6 +95,8 @@ async def cell_speed(stream: faust.StreamT[bytes]) -> None:
             continue
         now = time.time()
         for p in batch:
+            if p.get("state") == "parked":
+                continue  # a parked phone is not traffic
             key = geo.cell(p["lat"], p["lon"], res)
             window = cells.get(key, partition)
             if window is None:

@@ -1,0 +1,199 @@
+"""``traverz bench ingest``: the proxy against a bare ASGI baseline, driven by wrk.
+
+wrk (Debian package ``wrk``) runs as its own process on loopback with a Lua
+script that spreads requests over many device tokens and pre-built bodies.
+Each scenario runs on the proxy and on the bare app (same uvicorn settings) in
+alternation, several rounds; the medians and their ratio are reported. A last
+run paces wrk at half the measured peak to read the p99 latency there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+from pipeline import geo, kafka_io, kafka_local, tokens
+from pipeline.settings import Settings
+
+CENTRE = (52.52, 13.405)
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non2xx: int
+    requests: int
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bodies(n: int, size: int, rng: random.Random) -> list[bytes]:
+    now = time.time()
+    out = []
+    for _ in range(n):
+        lat0 = CENTRE[0] + rng.uniform(-0.05, 0.05)
+        lon0 = CENTRE[1] + rng.uniform(-0.08, 0.08)
+        heading = rng.uniform(0, 359)
+        pings = []
+        for i in range(size):
+            lat, lon = geo.destination(lat0, lon0, heading, i * 60.0)
+            pings.append({
+                "seq": rng.randrange(1, 10**9), "ts": now - (size - i) * 5, "lat": round(lat, 6),
+                "lon": round(lon, 6), "speed_mps": round(rng.uniform(0, 25), 1),
+                "heading_deg": round(heading, 1), "accuracy_m": 5.0,
+            })
+        out.append(orjson.dumps(pings if size > 1 else pings[0]))
+    return out
+
+
+def _lua(tokens_: list[str], bodies: list[bytes], delay_ms: float) -> str:
+    toks = ",\n".join(f'"{t}"' for t in tokens_)
+    bods = ",\n".join(f"[==[{b.decode()}]==]" for b in bodies)
+    pacing = f"function delay() return {delay_ms:.3f} end\n" if delay_ms > 0 else ""
+    return (
+        f"local tokens = {{\n{toks}\n}}\nlocal bodies = {{\n{bods}\n}}\n"
+        "local i = 0\n"
+        "function request()\n"
+        "  i = i + 1\n"
+        "  local t = tokens[(i % #tokens) + 1]\n"
+        "  local b = bodies[(i * 7 % #bodies) + 1]\n"
+        '  return wrk.format("POST", "/v1/pings", {["Content-Type"] = "application/json", '
+        '["Authorization"] = "Bearer " .. t}, b)\n'
+        "end\n" + pacing
+    )
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+def run_wrk(url: str, script: Path, seconds: float, connections: int) -> WrkResult:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    failed = int(non2xx.group(1)) if non2xx else 0
+    return WrkResult(rps, _ms(lat.get("50", "nan")), _ms(lat.get("99", "nan")), failed, reqs)
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 300:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int = 64, devices: int = 2000) -> int:
+    if shutil.which("wrk") is None:
+        print("traverz bench ingest needs wrk: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    lay = kafka_local.layout(s.home, s.kafka_port, s.kafka_controller_port)
+    kafka_local.start(lay, heap=s.kafka_heap)
+    import asyncio
+
+    asyncio.run(kafka_io.create_topics(lay.bootstrap, s.partitions, s.replication))
+    rng = random.Random(5)
+    toks = [tokens.issue(f"bench-{i}", secret=s.token_secret, kid=s.token_kid, issuer=s.token_issuer,
+                         audience=s.token_audience, ttl_s=7200) for i in range(devices)]
+    work = Path(tempfile.mkdtemp(prefix="traverz-bench-"))
+    scripts = {
+        "batch50": work / "batch50.lua",
+        "single": work / "single.lua",
+    }
+    scripts["batch50"].write_text(_lua(toks, _bodies(200, 50, rng), 0))
+    scripts["single"].write_text(_lua(toks, _bodies(2000, 1, rng), 0))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "TRAVERZ_BOOTSTRAP": lay.bootstrap, "TRAVERZ_INGEST_RATE": "1000000000",
+           "TRAVERZ_INGEST_BURST": "1000000000", "TRAVERZ_INGEST_PRODUCE_TIMEOUT": "5"}
+    ingest_port, bare_port = _free_port(), _free_port()
+    procs = [
+        _spawn([str(bin_dir / "traverz"), "ingest", "--port", str(ingest_port)], env, work / "ingest.log"),
+        _spawn([str(bin_dir / "uvicorn"), "pipeline.bench.bare:app", "--port", str(bare_port), "--loop", "uvloop",
+                "--http", "httptools", "--log-level", "warning", "--no-access-log"], env, work / "bare.log"),
+    ]
+    results: dict[str, dict[str, list[WrkResult]]] = {}
+    try:
+        _wait(f"http://127.0.0.1:{ingest_port}/readyz")
+        _wait(f"http://127.0.0.1:{bare_port}/")
+        for script in scripts.values():  # warm-up: JIT-free, but caches, connections, metadata
+            run_wrk(f"http://127.0.0.1:{ingest_port}/v1/pings", script, 3, connections)
+        for _ in range(rounds):
+            for name, script in scripts.items():
+                for target, port in (("traverz", ingest_port), ("bare", bare_port)):
+                    r = run_wrk(f"http://127.0.0.1:{port}/v1/pings", script, seconds, connections)
+                    results.setdefault(name, {}).setdefault(target, []).append(r)
+        summary: dict[str, object] = {}
+        for name, per in results.items():
+            med = {t: statistics.median(r.rps for r in rs) for t, rs in per.items()}
+            pings_per_req = 50 if name == "batch50" else 1
+            summary[name] = {
+                "traverz_rps": round(med["traverz"]), "bare_rps": round(med["bare"]),
+                "traverz_pings_per_s": round(med["traverz"] * pings_per_req),
+                "cost_ratio": round(med["bare"] / med["traverz"], 2),
+                "traverz_non2xx": sum(r.non2xx for r in per["traverz"]),
+                "traverz_p99_ms_at_peak": statistics.median(r.p99_ms for r in per["traverz"]),
+            }
+        # p99 at half the peak rate: pace each connection with wrk's delay()
+        for name in ("batch50", "single"):
+            peak = float(summary[name]["traverz_rps"])  # type: ignore[index]
+            conns = 32
+            delay_ms = 1000.0 * conns / (peak / 2)
+            paced = work / f"{name}-paced.lua"
+            paced.write_text(scripts[name].read_text() + f"function delay() return {delay_ms:.3f} end\n")
+            r = run_wrk(f"http://127.0.0.1:{ingest_port}/v1/pings", paced, seconds, conns)
+            summary[name]["half_peak_rps"] = round(r.rps)  # type: ignore[index]
+            summary[name]["half_peak_p99_ms"] = r.p99_ms  # type: ignore[index]
+            summary[name]["half_peak_p50_ms"] = r.p50_ms  # type: ignore[index]
+        report = {"seconds": seconds, "rounds": rounds, "connections": connections, "devices": devices,
+                  "summary": summary, "runs": {n: {t: [asdict(r) for r in rs] for t, rs in p.items()}
+                                               for n, p in results.items()}}
+        out = Path("artifacts")
+        out.mkdir(exist_ok=True)
+        (out / "bench-ingest.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps(summary, indent=2))
+        print(f"full report: {out / 'bench-ingest.json'}; logs in {work}")
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(20)
