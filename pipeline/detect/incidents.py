@@ -1,0 +1,297 @@
+"""User reports → incidents: merging, confidence, lifetime, votes, recovery.
+
+State: one :class:`Book` per key of ``traverz.reports.v1`` (res-7 cell). A
+report merges into the nearest live incident of the same type within
+:data:`MERGE_M` (150 m) whose heading is within :data:`MERGE_DEG` (45°);
+otherwise it starts one with the stable id ``i-<sha256(first report id)>``.
+Votes name a report id or the incident id. Reports and votes are idempotent
+(a replayed report id is ignored; a device's latest vote counts once).
+
+Confidence, evaluated at ``now``::
+
+    score = Σ weight of each distinct reporting device + 1.0 × probes
+            + 0.5 × still_there − 1.0 × not_there
+    confidence = (1 − 0.5 ** score) × decay, capped at 0.99, 0 if score ≤ 0
+    decay = 1 − 0.5 × min(1, (now − last confirmation) / lifetime)  (1 for closure)
+
+so one report gives 0.5, two devices 0.75, a report plus a probe detection
+(``probes``: probe-based detections nearby, passed in) 0.75. An incident opens
+once confidence ≥ :data:`OPEN_AT` of its type: 0.45 for crash, hazard,
+stalled_vehicle and road_work, so a single fresh report opens at once (drivers
+upstream need a crash now; a road_work opens with modest confidence); 0.7 for
+closure, which turns a road black on every map: it needs two devices, or one
+report and a probe detection. Spam is held off by the rate limit and
+``not_there`` votes.
+
+Rate limit per device (per book): more than :data:`RATE_MAX` (5) reports in
+:data:`RATE_WINDOW_S` (10 min, server time: the phone picks ``ts``) → further
+reports ignored; the n-th report in the window weighs 1 / (1 + max(0, n − 3)).
+
+Lifetime (:data:`LIFETIME_S`) from the last confirmation (report or
+``still_there``): crash and hazard 60 min, stalled_vehicle 30 min, road_work
+24 h, closure until cleared (votes or :func:`clear`). Ended by a ``not_there``
+majority (≥ 2 and more than ``still_there`` + distinct reporters), or for crash,
+stalled_vehicle and hazard by :func:`on_speed`: ratio to free flow ≥ 0.85 for
+≥ 5 min once the incident is ≥ 10 min old. An opened incident emits ``updated``
+on every accepted report, vote or probe change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from pipeline import geo
+from pipeline.detect.events import Evidence, IncidentEvent, LifecycleState, Snapshot, incident_id, next_version
+
+LIFETIME_S: dict[str, float | None] = {
+    "crash": 3600.0,
+    "hazard": 3600.0,
+    "stalled_vehicle": 1800.0,
+    "road_work": 86_400.0,
+    "closure": None,
+}
+OPEN_AT = {"crash": 0.45, "hazard": 0.45, "stalled_vehicle": 0.45, "road_work": 0.45, "closure": 0.7}
+PENDING_TTL_S = 3600.0  # an unopened closure is forgotten after this without more evidence
+TOMBSTONE_S = 3600.0  # an ended incident is remembered this long so replays do not revive it
+MERGE_M = 150.0
+MERGE_DEG = 45.0
+RATE_WINDOW_S = 600.0
+RATE_MAX = 5
+RATE_FREE = 3
+PROBE_WEIGHT = 1.0
+UP_WEIGHT = 0.5
+DOWN_WEIGHT = 1.0
+CAP = 0.99
+DOWN_MIN = 2
+RECOVERABLE = frozenset({"crash", "stalled_vehicle", "hazard"})
+RECOVERED_RATIO = 0.85
+RECOVERED_FOR_S = 300.0
+RECOVERY_MIN_AGE_S = 600.0
+
+
+@dataclass
+class Incident:
+    id: str
+    type: str
+    lat: float
+    lon: float
+    heading_deg: float
+    first_ts: float
+    confirmed_ts: float
+    expires_at: float | None
+    reporters: dict[str, float] = field(default_factory=dict)  # device → weight; never emitted
+    reports: int = 0
+    votes: dict[str, int] = field(default_factory=dict)  # device → +1 still_there / −1 not_there
+    probes: int = 0
+    opened_at: float | None = None
+    version: int = 0
+    recovered_since: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def cell(self) -> str:
+        return geo.cell(self.lat, self.lon, 9)
+
+    @property
+    def sector(self) -> int:
+        return geo.sector(self.heading_deg)
+
+    def votes_up(self) -> int:
+        return sum(1 for v in self.votes.values() if v > 0)
+
+    def votes_down(self) -> int:
+        return sum(1 for v in self.votes.values() if v < 0)
+
+    def confidence(self, now: float) -> float:
+        score = (
+            sum(self.reporters.values())
+            + PROBE_WEIGHT * self.probes
+            + UP_WEIGHT * self.votes_up()
+            - DOWN_WEIGHT * self.votes_down()
+        )
+        if score <= 0:
+            return 0.0
+        life = LIFETIME_S[self.type]
+        decay = 1.0 if life is None else 1.0 - 0.5 * min(1.0, max(0.0, now - self.confirmed_ts) / life)
+        return min(CAP, (1.0 - math.pow(0.5, score)) * decay)
+
+    def deadline(self) -> float | None:
+        """When it lapses: its expiry, or for an unopened closure the pending TTL."""
+        if self.expires_at is not None:
+            return self.expires_at
+        return self.confirmed_ts + PENDING_TTL_S if self.opened_at is None else None
+
+
+@dataclass
+class Book:
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # report id or incident id → incident id
+    recent: dict[str, list[float]] = field(default_factory=dict)  # device → report times (server)
+
+    def is_empty(self) -> bool:
+        return not self.incidents and not self.recent
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Book:
+        doc = orjson.loads(raw)
+        return cls(
+            incidents={k: Incident(**v) for k, v in doc["incidents"].items()},
+            aliases=doc["aliases"],
+            recent=doc["recent"],
+        )
+
+
+def _event(inc: Incident, state: LifecycleState, now: float, reason: str | None = None) -> IncidentEvent:
+    inc.version = next_version(inc.version, now)
+    snap = Snapshot(
+        id=inc.id,
+        type=inc.type,
+        lat=inc.lat,
+        lon=inc.lon,
+        heading_deg=inc.heading_deg,
+        confidence=inc.confidence(now),
+        opened_at=inc.opened_at if inc.opened_at is not None else now,
+        updated_at=now,
+        expires_at=inc.expires_at,
+        evidence=Evidence(inc.probes, inc.reports, inc.votes_up(), inc.votes_down()),
+    )
+    return IncidentEvent(state, snap, inc.version, reason)
+
+
+def _evaluate(inc: Incident, now: float) -> list[IncidentEvent]:
+    """After a change: open once confident enough, else tell the change if already open."""
+    if inc.ended_at is not None:
+        return []
+    if inc.opened_at is None:
+        if inc.confidence(now) < OPEN_AT[inc.type]:
+            return []
+        inc.opened_at = now
+        return [_event(inc, "opened", now)]
+    return [_event(inc, "updated", now)]
+
+
+def _end(inc: Incident, now: float, reason: str) -> list[IncidentEvent]:
+    inc.ended_at = now
+    return [_event(inc, "cleared", now, reason)] if inc.opened_at is not None else []
+
+
+def find(book: Book, type_: str, lat: float, lon: float, heading_deg: float) -> Incident | None:
+    """The nearest live incident a report of ``type_`` here would merge into."""
+    best: tuple[float, Incident] | None = None
+    for inc in book.incidents.values():
+        if inc.ended_at is not None or inc.type != type_:
+            continue
+        if geo.angle_diff(inc.heading_deg, heading_deg) > MERGE_DEG:
+            continue
+        d = geo.distance_m(inc.lat, inc.lon, lat, lon)
+        if d <= MERGE_M and (best is None or d < best[0]):
+            best = (d, inc)
+    return best[1] if best else None
+
+
+def report(book: Book | None, rep: Mapping[str, Any], now: float) -> tuple[Book, list[IncidentEvent]]:
+    """Take one report record (``kind: report``)."""
+    book = book if book is not None else Book()
+    rid, typ, dev, ts = str(rep["id"]), str(rep["type"]), str(rep["device_id"]), float(rep["ts"])
+    if rid in book.aliases or typ not in LIFETIME_S:
+        return book, []
+    life = LIFETIME_S[typ]
+    if life is not None and ts + life <= now:
+        return book, []  # it would already be over
+    recent = [t for t in book.recent.get(dev, []) if t > now - RATE_WINDOW_S]
+    recent.append(now)
+    book.recent[dev] = recent[-2 * RATE_MAX :]  # bounded; enough to keep a spammer blocked
+    if len(recent) > RATE_MAX:
+        return book, []
+    weight = 1.0 / (1.0 + max(0, len(recent) - RATE_FREE))
+    lat, lon, heading = float(rep["lat"]), float(rep["lon"]), float(rep["heading_deg"]) % 360.0
+    inc = find(book, typ, lat, lon, heading)
+    if inc is None:
+        inc = Incident(incident_id("i", rid), typ, lat, lon, heading, ts, ts, None)
+        book.incidents[inc.id] = inc
+        book.aliases[inc.id] = inc.id
+    book.aliases[rid] = inc.id
+    inc.reports += 1
+    inc.lat += (lat - inc.lat) / inc.reports  # mean position; the heading stays the first one's
+    inc.lon += (lon - inc.lon) / inc.reports
+    inc.reporters[dev] = max(inc.reporters.get(dev, 0.0), weight)
+    inc.confirmed_ts = max(inc.confirmed_ts, ts)
+    inc.first_ts = min(inc.first_ts, ts)
+    inc.expires_at = None if life is None else inc.confirmed_ts + life
+    return book, _evaluate(inc, now)
+
+
+def vote(book: Book | None, v: Mapping[str, Any], now: float) -> tuple[Book, list[IncidentEvent]]:
+    """Take one vote record (``kind: vote``) on a report or incident id."""
+    book = book if book is not None else Book()
+    inc = book.incidents.get(book.aliases.get(str(v["report_id"]), ""))
+    if inc is None or inc.ended_at is not None:
+        return book, []
+    dev, value = str(v["device_id"]), 1 if v["vote"] == "still_there" else -1
+    if inc.votes.get(dev) == value:
+        return book, []
+    inc.votes[dev] = value
+    life = LIFETIME_S[inc.type]
+    if value > 0 and life is not None:
+        inc.confirmed_ts = max(inc.confirmed_ts, float(v["ts"]))
+        inc.expires_at = inc.confirmed_ts + life
+    downs = inc.votes_down()
+    if downs >= DOWN_MIN and downs > inc.votes_up() + len(inc.reporters):
+        return book, _end(inc, now, "voted_down")
+    return book, _evaluate(inc, now)
+
+
+def set_probes(book: Book, incident: str, probes: int, now: float) -> list[IncidentEvent]:
+    """Set the count of probe-based detections near an incident (id or report id)."""
+    inc = book.incidents.get(book.aliases.get(incident, ""))
+    if inc is None or inc.ended_at is not None or inc.probes == probes:
+        return []
+    inc.probes = max(0, probes)
+    return _evaluate(inc, now)
+
+
+def on_speed(incident: Incident, ratio_to_free_flow: float | None, now: float) -> IncidentEvent | None:
+    """Feed the flow at the incident (median / free flow of its cell and sector); a cleared event once it recovered."""
+    if incident.type not in RECOVERABLE or incident.ended_at is not None:
+        return None
+    if ratio_to_free_flow is None or ratio_to_free_flow < RECOVERED_RATIO:
+        incident.recovered_since = None
+        return None
+    if incident.recovered_since is None:
+        incident.recovered_since = now
+    if now - incident.recovered_since >= RECOVERED_FOR_S and now - incident.first_ts >= RECOVERY_MIN_AGE_S:
+        ended = _end(incident, now, "flow_restored")
+        return ended[0] if ended else None
+    return None
+
+
+def clear(book: Book, incident: str, now: float, reason: str = "cleared") -> list[IncidentEvent]:
+    """End an incident explicitly (e.g. an operator lifting a closure)."""
+    inc = book.incidents.get(book.aliases.get(incident, ""))
+    if inc is None or inc.ended_at is not None:
+        return []
+    return _end(inc, now, reason)
+
+
+def expire(book: Book, now: float) -> list[IncidentEvent]:
+    """Timer: clear lapsed incidents, forget old tombstones and rate-limit history."""
+    out: list[IncidentEvent] = []
+    for inc in list(book.incidents.values()):
+        deadline = inc.deadline()
+        if inc.ended_at is None and deadline is not None and deadline <= now:
+            out += _end(inc, now, "expired")
+        if inc.ended_at is not None and now - inc.ended_at >= TOMBSTONE_S:
+            del book.incidents[inc.id]
+    live = set(book.incidents)
+    book.aliases = {k: i for k, i in book.aliases.items() if i in live}
+    for dev in [d for d, ts in book.recent.items() if not ts or ts[-1] <= now - RATE_WINDOW_S]:
+        del book.recent[dev]
+    return out
