@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -43,13 +45,31 @@ class Sink(Protocol):
     async def healthy(self) -> bool: ...
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value allows gzip (``gzip;q=0`` refuses it)."""
+    for item in accept_encoding.lower().split(","):
+        name, _, params = item.partition(";")
+        if name.strip() != "gzip":
+            continue
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
 def json_response(request: Request, status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps(doc)
     hdrs = dict(headers or {})
-    if len(body) >= 512 and "gzip" in request.headers.get("accept-encoding", ""):
-        body = gzip.compress(body, 5)
-        hdrs["content-encoding"] = "gzip"
+    if len(body) >= 512:  # smaller answers are not worth compressing
         hdrs["vary"] = "accept-encoding"
+        if accepts_gzip(request.headers.get("accept-encoding", "")):
+            body = gzip.compress(body, 5)
+            hdrs["content-encoding"] = "gzip"
     return Response(body, status_code=status, media_type="application/json", headers=hdrs)
 
 
@@ -132,6 +152,10 @@ class IngestService:
         for i, item in enumerate(items):
             if isinstance(item, dict) and "device_id" in item and item["device_id"] != ident.device_id:
                 return error(request, 403, "forbidden", "a ping names another device", index=i)
+            if isinstance(item, dict) and isinstance(item.get("state"), list | dict):
+                # pings.validate_ping tests ``state in STATES``: an unhashable value would raise
+                # TypeError (a 500) instead of refusing the ping; any non-state string is refused alike
+                item = {**item, "state": "?"}
             result = pings.validate_ping(item, ident.device_id, now)
             if isinstance(result, str):
                 bad.append({"index": i, "reason": result})
@@ -178,11 +202,12 @@ class IngestService:
 
     async def post_vote(self, request: Request, ident: DeviceIdentity) -> Response:
         report_id = request.path_params["report_id"]
-        key = _report_key(report_id)
+        key = _report_key(report_id, self.s.key_resolution)
         if key is None:
             return error(request, 404, "unknown_report", "not a report id")
         doc = await self._body(request)
-        if not isinstance(doc, dict) or doc.get("vote") not in VOTES:
+        vote = doc.get("vote") if isinstance(doc, dict) else None
+        if not isinstance(vote, str) or vote not in VOTES:
             raise BodyError(400, "invalid_vote", "vote must be still_there or not_there")
         now = self.clock()
         record = {
@@ -209,7 +234,8 @@ def _num(v: Any) -> bool:
 
 
 def _report_problem(doc: dict[str, Any], now: float) -> str:
-    if doc.get("type") not in REPORT_TYPES:
+    kind = doc.get("type")
+    if not isinstance(kind, str) or kind not in REPORT_TYPES:
         return "type: must be one of " + ", ".join(sorted(REPORT_TYPES))
     for name in ("lat", "lon", "heading_deg", "ts"):
         if not _num(doc.get(name)):
@@ -226,34 +252,121 @@ def _report_problem(doc: dict[str, Any], now: float) -> str:
     return ""
 
 
-def _report_key(report_id: str) -> str | None:
-    parts = report_id.split("-")
-    if len(parts) != 3 or parts[0] != "r" or not geo.is_cell(parts[1]):
+_REPORT_ID = re.compile(r"r-([0-9a-f]{15})-[0-9a-f]{16}")
+
+
+def _report_key(report_id: str, res: int = 7) -> str | None:
+    """The Kafka key (the res-``res`` cell) of a report id as ``post_report`` makes them, else None.
+
+    A vote must land in the partition of its report: an id naming a cell of another
+    resolution (or an upper-case spelling of the cell) would key it elsewhere.
+    """
+    m = _REPORT_ID.fullmatch(report_id)
+    if m is None or not geo.is_cell(m[1]) or geo.cell_resolution(m[1]) != res:
         return None
-    return parts[1]
+    return m[1]
 
 
 class KafkaSink:
-    """Produces through the durable (acks=all, idempotent) aiokafka producer."""
+    """Produces through the durable (acks=all, idempotent) aiokafka producer, and keeps one working.
 
-    def __init__(self, producer: Any) -> None:
-        self.producer = producer
+    ``factory`` makes a producer (not started). The sink connects in the background, so the
+    proxy serves — 503 for data, 200 on ``/healthz`` — while Kafka is away, and answers 503 at
+    once instead of after the produce timeout while it has no producer. A producer whose
+    sender task died is replaced: after a fatal error (``OutOfOrderSequenceNumber``,
+    ``ProducerFenced``, an unexpected sender error) aiokafka fails every later send and
+    never recovers by itself; a new producer gets a new producer id and starts clean.
+    """
+
+    def __init__(self, factory: Callable[[], Any], retry_delay: float = 0.5) -> None:
+        self._factory = factory
+        self._retry_delay = retry_delay
+        self.producer: Any = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self.replaced = 0
+
+    async def start(self, wait: float = 5.0) -> None:
+        """Begin connecting; wait up to ``wait`` s for the first producer (it goes on after)."""
+        task = self._connect_soon()
+        with contextlib.suppress(TimeoutError, KafkaUnavailable):
+            await asyncio.wait_for(asyncio.shield(task), wait)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Flush what is pending (for at most ``timeout`` s) and close."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        if self.producer is not None:
+            self._retire(self.producer, timeout)
+            self.producer = None
+        if self._closing:
+            await asyncio.wait(set(self._closing))
+
+    def _connect_soon(self) -> asyncio.Task[None]:
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect())
+        return self._connecting
+
+    async def _connect(self) -> None:
+        delay = self._retry_delay
+        while True:
+            producer = self._factory()
+            try:
+                await producer.start()
+            except Exception:
+                self._retire(producer, 1.0)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.producer = producer
+            return
+
+    def _retire(self, producer: Any, timeout: float) -> None:
+        async def close() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout)
+
+        task = asyncio.create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _usable(self) -> Any:
+        """The current producer, or KafkaUnavailable (and a reconnect) when there is none."""
+        producer = self.producer
+        if producer is not None:
+            sender = getattr(producer, "_sender", None)
+            task = getattr(sender, "sender_task", None)
+            if task is None or not task.done():
+                return producer
+            # the sender died: this producer will never deliver again
+            self.producer = None
+            self.replaced += 1
+            self._retire(producer, 1.0)
+        self._connect_soon()
+        raise KafkaUnavailable("no Kafka producer (connecting)")
 
     async def send_all(self, topic: str, records: list[tuple[bytes, bytes]], timeout: float) -> None:
+        producer = self._usable()
+
         async def send() -> None:
-            futs = [await self.producer.send(topic, value, key=key) for key, value in records]
+            futs = [await producer.send(topic, value, key=key) for key, value in records]
             await asyncio.gather(*futs)
 
         try:
             await asyncio.wait_for(send(), timeout)
         except TimeoutError as exc:
             raise KafkaUnavailable("Kafka did not acknowledge in time") from exc
-        except Exception as exc:  # aiokafka errors: broker gone, not leader, ...
+        except Exception as exc:  # aiokafka errors: broker gone, not leader, a fatal sender error
+            with contextlib.suppress(KafkaUnavailable):
+                self._usable()  # replaces the producer if this was fatal
             raise KafkaUnavailable(type(exc).__name__) from exc
 
     async def healthy(self) -> bool:
         try:
-            await asyncio.wait_for(self.producer.client.fetch_all_metadata(), 1.0)
+            producer = self._usable()
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), 1.0)
             return True
         except Exception:
             return False
@@ -271,19 +384,14 @@ def build_app(settings: Settings, sink: Sink | None = None) -> Starlette:
             return
         from pipeline.kafka_io import durable_producer
 
-        producer = durable_producer(settings)
-        # keep trying: the proxy starts (and stays up) while Kafka is away
-        while True:
-            try:
-                await producer.start()
-                break
-            except Exception:
-                await asyncio.sleep(1.0)
-        holder["svc"] = IngestService(settings, KafkaSink(producer))
+        # the proxy starts (and stays up, answering 503) while Kafka is away
+        kafka = KafkaSink(lambda: durable_producer(settings))
+        await kafka.start(wait=3.0)
+        holder["svc"] = IngestService(settings, kafka)
         try:
             yield
         finally:
-            await producer.stop()
+            await kafka.stop()
 
     def svc() -> IngestService:
         return holder["svc"]
@@ -310,7 +418,14 @@ def build_app(settings: Settings, sink: Sink | None = None) -> Starlette:
     async def openapi(request: Request) -> Response:
         return json_response(request, 200, OPENAPI)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Unknown paths and methods answer in JSON too, like every other refusal."""
+        assert isinstance(exc, HTTPException)
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return json_response(request, exc.status_code, {"error": reason, "detail": exc.detail}, dict(exc.headers or {}))
+
     return Starlette(
+        exception_handlers={HTTPException: http_error},
         routes=[
             Route("/v1/pings", pings_route, methods=["POST"]),
             Route("/v1/reports", reports_route, methods=["POST"]),

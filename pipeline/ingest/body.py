@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -64,7 +66,32 @@ def inflate(raw: bytes, encoding: str | None) -> bytes:
 
 
 def parse_json(data: bytes) -> Any:
+    """The JSON document; non-finite numbers become floats so that validation refuses their ping alone.
+
+    orjson refuses ``NaN``, ``Infinity`` and numbers past the double range (``1e400``), which
+    lenient phone encoders do send for a bad GPS fix. Only for a body orjson refused, the standard
+    parser reads those as ``nan``/``inf`` (and, like orjson, integers past 64 bits as floats); the
+    result must still be something orjson can write back (no lone surrogates, no deep nesting), so
+    nothing else that orjson refuses slips through.
+    """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise BodyError(400, "malformed_json", str(exc)) from exc
+        first = exc
+    if _NON_FINITE.search(data) is None:
+        raise BodyError(400, "malformed_json", str(first))
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_int=_integer)
+        orjson.dumps(doc)
+    except (ValueError, TypeError, RecursionError, orjson.JSONEncodeError):
+        raise BodyError(400, "malformed_json", str(first)) from None
+    return doc
+
+
+# what orjson refuses and the standard parser reads as non-finite: the constants, big exponents, long integers
+_NON_FINITE = re.compile(rb"NaN|Infinity|[0-9][eE][+-]?[0-9]{3}|[0-9]{309}")
+
+
+def _integer(text: str) -> int | float:
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)  # as orjson does: a float, here inf

@@ -19,8 +19,13 @@ Send = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
 
 
 class Coalescer:
-    def __init__(self, send: Send, linger_s: float = 0.004, max_pings: int = pings.MAX_BATCH,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        linger_s: float = 0.004,
+        max_pings: int = pings.MAX_BATCH,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.send = send
         self.linger_s = linger_s
         self.max_pings = max_pings

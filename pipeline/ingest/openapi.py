@@ -39,6 +39,10 @@ _errors: dict[str, Any] = {
 }
 
 
+def _json(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": {"type": "object", "properties": properties}}}
+
+
 def _post(summary: str, schema: dict[str, Any], ok: dict[str, Any]) -> dict[str, Any]:
     return {
         "post": {
@@ -102,17 +106,41 @@ OPENAPI: dict[str, Any] = {
                 {"type": "object"},
             ),
         },
-        "/healthz": {"get": {"summary": "process alive", "responses": {"200": {"description": "ok"}}}},
+        "/healthz": {
+            "get": {
+                "summary": "process alive",
+                "responses": {"200": {"description": "ok", "content": _json({"status": {"type": "string"}})}},
+            }
+        },
         "/readyz": {
             "get": {
                 "summary": "Kafka reachable",
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                "responses": {
+                    "200": {"description": "ready", "content": _json({"ready": {"type": "boolean"}})},
+                    "503": {"description": "not ready", "content": _json({"ready": {"type": "boolean"}})},
+                },
             }
         },
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "text", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "this document",
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": _json({"openapi": {"type": "string"}})}},
+            }
+        },
     },
 }
 OPENAPI["paths"]["/v1/reports/{report_id}/votes"]["post"]["parameters"] = [
     {"name": "report_id", "in": "path", "required": True, "schema": {"type": "string"}}
 ]
-OPENAPI["paths"]["/v1/reports/{report_id}/votes"]["post"]["responses"]["404"] = {"description": "unknown report"}
+OPENAPI["paths"]["/v1/reports/{report_id}/votes"]["post"]["responses"]["404"] = {
+    "description": "not a report id",
+    "content": {"application/json": {"schema": _error}},
+}
