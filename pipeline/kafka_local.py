@@ -297,6 +297,11 @@ def stop(lay: BrokerLayout, timeout: float = 30.0) -> bool:
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
         _reap(pid)
+    for child in [c for c in _CHILDREN if c.pid == pid]:
+        # reaped through its handle too, so Popen does not report it as still running
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(5)
+        _CHILDREN.remove(child)
     lay.pidfile.unlink(missing_ok=True)
     return True
 
