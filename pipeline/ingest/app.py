@@ -168,7 +168,7 @@ class IngestService:
         ingest_ts = self.clock()
         records = [
             (key.encode(), pings.encode_record(key, chunk, ingest_ts))
-            for key, chunk in pings.group_by_key(good, self.s.key_resolution).items()
+            for key, chunk in pings.group_by_key(good, self.s.key_resolution, self.s.cell_resolution).items()
         ]
         await self._produce(TOPIC_PINGS, records)
         self.accepted.inc(len(good))
@@ -181,7 +181,8 @@ class IngestService:
         reason = _report_problem(doc, self.clock())
         if reason:
             raise BodyError(400, "invalid_report", reason)
-        key = geo.cell(doc["lat"], doc["lon"], self.s.key_resolution)
+        # keyed like the pings of that spot: the key-resolution parent of its condition cell
+        key = geo.key_cell(doc["lat"], doc["lon"], self.s.key_resolution, self.s.cell_resolution)
         report_id = f"r-{key}-{uuid.uuid4().hex[:16]}"
         record = {
             "v": 1,
@@ -315,6 +316,9 @@ class KafkaSink:
             producer = self._factory()
             try:
                 await producer.start()
+            except asyncio.CancelledError:  # shutting down while Kafka is away
+                self._retire(producer, 1.0)
+                raise
             except Exception:
                 self._retire(producer, 1.0)
                 await asyncio.sleep(delay)

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 # Around Lyon: no other test posts here.
 LAT, LON = 45.7640, 4.8357
-KEY_RES = 7
+KEY_RES, CELL_RES = 7, 9
 T = TypeVar("T")
 
 
@@ -61,6 +61,11 @@ def ping(seq: int, lat: float = LAT, lon: float = LON, **over: Any) -> dict[str,
     }
     p.update(over)
     return p
+
+
+def key_of(lat: float, lon: float) -> str:
+    """The Kafka key of a spot: the res-7 parent of its res-9 cell (see pipeline.pings.group_by_key)."""
+    return geo.key_cell(lat, lon, KEY_RES, CELL_RES)
 
 
 def auth(settings: Settings, dev: str, ttl: int = 3600) -> dict[str, str]:
@@ -118,7 +123,7 @@ async def pings_since(bootstrap: str, since: dict[TopicPartition, int], devices:
         key = rec.key.decode()
         assert doc["v"] == 1 and doc["cell"] == key and isinstance(doc["ingest_ts"], float)
         for p in doc["pings"]:
-            assert geo.cell(p["lat"], p["lon"], KEY_RES) == key, "a ping under another cell's key"
+            assert key_of(p["lat"], p["lon"]) == key, "a ping under another cell's key"
         found.extend(mine)
     return found
 
@@ -174,27 +179,25 @@ async def test_bad_tokens_are_401_and_nothing_is_produced(
     http: httpx.AsyncClient, cfg: Settings, mark: dict[TopicPartition, int]
 ) -> None:
     dev = device("401")
-    sign = {"kid": cfg.token_kid, "issuer": cfg.token_issuer, "audience": cfg.token_audience}
-    cases = {
+
+    def forged(**over: str) -> dict[str, str]:
+        claims = {
+            "secret": cfg.token_secret,
+            "kid": cfg.token_kid,
+            "issuer": cfg.token_issuer,
+            "audience": cfg.token_audience,
+        } | over
+        return {"authorization": "Bearer " + tokens.issue(dev, **claims)}
+
+    cases: dict[str, dict[str, str]] = {
         "missing token": {},
         "expected a Bearer token": {"authorization": f"Basic {token_for(cfg, dev)}"},
         "malformed token": {"authorization": "Bearer not.a.jwt"},
-        "token expired": {"authorization": f"Bearer {token_for(cfg, dev, ttl=-60)}"},
-        "bad signature": {
-            "authorization": "Bearer " + tokens.issue(dev, **sign, secret="another-secret-0123456789abcdef-xyz")  # type: ignore[arg-type]
-        },
-        "wrong audience": {
-            "authorization": "Bearer "
-            + tokens.issue(dev, secret=cfg.token_secret, kid=cfg.token_kid, issuer=cfg.token_issuer, audience="x")
-        },
-        "wrong issuer": {
-            "authorization": "Bearer "
-            + tokens.issue(dev, secret=cfg.token_secret, kid=cfg.token_kid, issuer="x", audience=cfg.token_audience)
-        },
-        "unknown key id": {
-            "authorization": "Bearer "
-            + tokens.issue(dev, secret=cfg.token_secret, kid="k9", issuer=cfg.token_issuer, audience=cfg.token_audience)
-        },
+        "token expired": auth(cfg, dev, ttl=-60),
+        "bad signature": forged(secret="another-secret-0123456789abcdef-xyz"),
+        "wrong audience": forged(audience="somebody-else"),
+        "wrong issuer": forged(issuer="somebody-else"),
+        "unknown key id": forged(kid="k9"),
     }
     for i, (detail, headers) in enumerate(cases.items()):
         r = await http.post("/v1/pings", json=[ping(i + 1, device_id=dev)], headers=headers)
@@ -279,7 +282,11 @@ async def test_mixed_batch_accepts_the_good_lists_the_bad_and_only_the_good_reac
     dev = device("mixed")
     now = time.time()
     lat2, lon2 = geo.destination(LAT, LON, 45.0, 5000.0)  # another res-7 cell: another record
-    assert geo.cell(lat2, lon2, KEY_RES) != geo.cell(LAT, LON, KEY_RES)
+    assert key_of(lat2, lon2) != key_of(LAT, LON)
+    # a spot whose res-7 cell is not the parent of its res-9 cell: keyed by that parent
+    edge = next(
+        (lat, LON) for lat in (LAT + i * 1e-4 for i in range(20_000)) if geo.cell(lat, LON, KEY_RES) != key_of(lat, LON)
+    )
     batch = [
         ping(1),
         ping(2, lat=91.0),
@@ -288,11 +295,12 @@ async def test_mixed_batch_accepts_the_good_lists_the_bad_and_only_the_good_reac
         ping(5, device_id=dev),
         ping(6, ts=now + 3600),
         ping(7, lat=lat2, lon=lon2),
+        ping(8, lat=edge[0], lon=edge[1]),
     ]
     r = await http.post("/v1/pings", json=batch, headers=auth(cfg, dev))
     assert r.status_code == 202, r.text
     assert r.json() == {
-        "accepted": 4,
+        "accepted": 5,
         "rejected": [
             {"index": 1, "reason": "lat: out of range"},
             {"index": 3, "reason": "speed_mps: out of range 0..90"},
@@ -300,17 +308,22 @@ async def test_mixed_batch_accepts_the_good_lists_the_bad_and_only_the_good_reac
         ],
     }
     found = await pings_since(cfg.bootstrap, mark, [dev])
-    assert seqs(found, dev) == [1, 3, 5, 7]
+    assert seqs(found, dev) == [1, 3, 5, 7, 8]
     by_seq = {p["seq"]: p for p in found}
     assert by_seq[3]["state"] == "stopped" and "future_field" not in by_seq[3]
     assert {k for k in by_seq[1]} == {"device_id", "seq", "ts", "lat", "lon", "speed_mps", "heading_deg", "accuracy_m"}
-    # pings of one request and one res-7 cell travel as one record
+    # pings of one request and one key travel as one record
     recs = [
-        orjson.loads(r.value)
+        (r.key.decode(), orjson.loads(r.value))
         for r in await records_since(cfg.bootstrap, mark)
         if any(p["device_id"] == dev for p in orjson.loads(r.value)["pings"])
     ]
-    assert sorted(sorted(p["seq"] for p in rec["pings"]) for rec in recs) == [[1, 5], [3, 7]]
+    expected: dict[str, list[int]] = {}
+    for p in batch:
+        if p["seq"] in (1, 3, 5, 7, 8):
+            expected.setdefault(key_of(p["lat"], p["lon"]), []).append(p["seq"])
+    assert {key: [p["seq"] for p in rec["pings"]] for key, rec in recs} == expected
+    assert len(recs) == len(expected) and geo.cell(*edge, KEY_RES) not in expected
 
 
 async def test_each_out_of_range_value_is_rejected_with_its_reason(
@@ -631,7 +644,7 @@ async def test_reports_and_votes_land_keyed_by_the_cell_in_the_id(http: httpx.As
     r = await http.post("/v1/reports", json=report, headers=auth(cfg, dev))
     assert r.status_code == 202, r.text
     rid = r.json()["id"]
-    cell = geo.cell(lat, lon, KEY_RES)
+    cell = key_of(lat, lon)
     assert re.fullmatch(rf"r-{cell}-[0-9a-f]{{16}}", rid)
     r = await http.post(f"/v1/reports/{rid}/votes", json={"vote": "still_there"}, headers=auth(cfg, voter))
     assert r.status_code == 202 and r.json() == {"report_id": rid, "vote": "still_there"}
@@ -656,7 +669,7 @@ async def test_reports_and_votes_land_keyed_by_the_cell_in_the_id(http: httpx.As
     for vote in ("maybe", ["still_there"], {}, None):
         r = await http.post(f"/v1/reports/{rid}/votes", json={"vote": vote}, headers=auth(cfg, voter))
         assert r.status_code == 400 and r.json()["error"] == "invalid_vote", vote
-    res9 = geo.cell(lat, lon, 9)
+    res9 = geo.cell(lat, lon, CELL_RES)
     for bad_id in (
         "nope",
         f"r-{cell}",
