@@ -77,7 +77,7 @@ def validate_ping(p: Any, device_id: str, now: float) -> Ping | str:
             and 0.0 <= heading < 360.0  # type: ignore[operator]
             and type(acc) in _NUM
             and 0.0 <= acc <= MAX_ACCURACY_M  # type: ignore[operator]
-            and (state is None or state in STATES)
+            and (state is None or (type(state) is str and state in STATES))
         ):
             out: Ping = {
                 "device_id": device_id,
@@ -132,7 +132,7 @@ def _validate_slow(p: Any, device_id: str, now: float) -> Ping | str:
         out["heading_deg"] = 0.0
     state = p.get("state")
     if state is not None:
-        if state not in STATES:
+        if not isinstance(state, str) or state not in STATES:  # a list/dict is unhashable
             return "state: must be one of driving, stopped, parked"
         out["state"] = state
     return out
