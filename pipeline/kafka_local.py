@@ -160,8 +160,9 @@ def format_storage(lay: BrokerLayout) -> bool:
             _classpath(lay),
             STORAGE_TOOL,
             "format",
-            "-t",
-            cluster_id,
+            # one argument: a base64url id may begin with "-" (1 in 64) and
+            # would otherwise be parsed as an option
+            f"--cluster-id={cluster_id}",
             "-c",
             str(lay.config),
             "--ignore-formatted",

@@ -52,3 +52,18 @@ def test_kafka_up_status_down(tmp_path: Path) -> None:
         assert not lay.base.exists()
     finally:
         kafka_local.stop(lay)
+
+
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # base64url cluster ids begin with "-" one time in 64; the storage tool must not read it as an option
+    home = Path(os.environ.get("TRAVERZ_HOME", Path.home() / ".cache" / "traverz"))
+    lay = kafka_local.layout(home, free_port())
+    monkeypatch.setattr(kafka_local, "_cluster_id", lambda: "-bcdefghijklmnopqrstuv")
+    kafka_local.ensure_jars(lay)
+    lay.base.mkdir(parents=True, exist_ok=True)
+    lay.config.write_text(kafka_local.server_properties(lay))
+    try:
+        assert kafka_local.format_storage(lay) is True
+        assert "cluster.id=-bcdefghijklmnopqrstuv" in (lay.data / "meta.properties").read_text()
+    finally:
+        kafka_local.wipe(lay)
