@@ -1,10 +1,23 @@
-"""In-memory cell state in front of a faust table, written back per partition.
+"""In-memory keyed state in front of a faust table, written back per partition.
 
 Faust binds a table write to the partition of the event being processed (its
 changelog partition and its RocksDB instance). So the hot state lives in plain
 dicts, and each partition's dirty keys are written back only while an event of
 *that* partition is current — never from a timer, never into another
 partition's changelog.
+
+Two write-back policies:
+
+* ``every_s=0`` (default): every :meth:`flush` writes — call it at the end of
+  each record, so what is in the changelog matches the offsets faust commits
+  (faust flushes the producer before committing). Used where exactness matters
+  (the speed windows and their dedupe state).
+* ``every_s>0``: a partition's dirty keys are written at most that often.
+  After a crash the state of the last interval is lost, not doubled: used for
+  state that is cheap to relearn (baselines, per-device motion).
+
+``persist(value)`` False keeps a value in memory only (and removes a stored
+copy): e.g. a moving device's last ping, which only matters for its next ping.
 """
 
 from __future__ import annotations
@@ -13,6 +26,10 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def _always(_: object) -> bool:
+    return True
 
 
 class PartitionedState(Generic[T]):
@@ -24,12 +41,20 @@ class PartitionedState(Generic[T]):
         encode: Callable[[T], bytes],
         decode: Callable[[bytes], T],
         empty: Callable[[T], bool],
+        *,
+        every_s: float = 0.0,
+        persist: Callable[[T], bool] = _always,
     ) -> None:
         self.table = table
         self.encode, self.decode, self.empty = encode, decode, empty
+        self.every_s = every_s
+        self.persist = persist
         self.values: dict[str, T] = {}
         self.partition_of: dict[str, int] = {}
         self.dirty: dict[int, set[str]] = {}
+        self.stored: set[str] = set()  # keys known to have a copy in the table
+        self.flushed_at: dict[int, float] = {}
+        self.writes = 0
 
     def get(self, key: str, partition: int) -> T | None:
         """The value of ``key``; reads the table only inside an event of ``partition``."""
@@ -39,12 +64,22 @@ class PartitionedState(Generic[T]):
             if raw is not None:
                 v = self.values[key] = self.decode(raw)
                 self.partition_of[key] = partition
+                self.stored.add(key)
         return v
 
     def put(self, key: str, value: T, partition: int) -> None:
         self.values[key] = value
         self.partition_of[key] = partition
-        self.mark(key)
+        self.dirty.setdefault(partition, set()).add(key)
+
+    def touch(self, keys: set[str], partition: int) -> None:
+        """Note that ``keys`` (already in :attr:`values`) changed in an event of ``partition``.
+
+        The hot loop writes ``values`` directly and marks once per record.
+        """
+        if keys:
+            self.partition_of.update(dict.fromkeys(keys, partition))
+            self.dirty.setdefault(partition, set()).update(keys)
 
     def mark(self, key: str) -> None:
         """Note that ``key`` changed (e.g. a timer expired part of it)."""
@@ -52,19 +87,44 @@ class PartitionedState(Generic[T]):
         if p is not None:
             self.dirty.setdefault(p, set()).add(key)
 
-    def flush(self, partition: int) -> int:
-        """Write back ``partition``'s dirty keys. Call only inside one of its events."""
+    def drop(self, key: str) -> None:
+        """Forget ``key``; its stored copy is deleted at the next flush of its partition."""
+        self.mark(key)
+        self.values.pop(key, None)
+
+    def evict(self, key: str) -> None:
+        """Forget the in-memory copy of a clean key (the table keeps it)."""
+        p = self.partition_of.get(key)
+        if p is not None and key in self.dirty.get(p, ()):
+            return
+        self.values.pop(key, None)
+        self.partition_of.pop(key, None)
+
+    def flush(self, partition: int, now: float = 0.0) -> int:
+        """Write back ``partition``'s dirty keys (if due). Call only inside one of its events."""
+        if self.every_s > 0:
+            if now - self.flushed_at.get(partition, 0.0) < self.every_s:
+                return 0
+            self.flushed_at[partition] = now
         keys = self.dirty.pop(partition, None)
         if not keys:
             return 0
+        table, values, stored = self.table, self.values, self.stored
         for key in keys:
-            v = self.values.get(key)
+            v = values.get(key)
             if v is None or self.empty(v):
-                self.values.pop(key, None)
+                values.pop(key, None)
                 self.partition_of.pop(key, None)
-                self.table.pop(key.encode(), None)
-            else:
-                self.table[key.encode()] = self.encode(v)
+                if key in stored:
+                    stored.discard(key)
+                    table.pop(key.encode(), None)
+            elif self.persist(v):
+                table[key.encode()] = self.encode(v)
+                stored.add(key)
+                self.writes += 1
+            elif key in stored:
+                stored.discard(key)
+                table.pop(key.encode(), None)
         return len(keys)
 
     def items(self) -> Iterator[tuple[str, T]]:
@@ -75,5 +135,6 @@ class PartitionedState(Generic[T]):
         for key in [k for k, p in self.partition_of.items() if p not in keep]:
             self.values.pop(key, None)
             self.partition_of.pop(key, None)
+            self.stored.discard(key)
         for p in [p for p in self.dirty if p not in keep]:
             del self.dirty[p]

@@ -119,13 +119,13 @@ class CellSpeedWindow:
         bucket.add(speed, device)
         return True
 
-    def expire(self, now: float) -> None:
-        """Drop buckets and dedupe entries that can no longer matter."""
+    def expire(self, now: float) -> list[tuple[int, dict[int, SectorBucket]]]:
+        """Drop buckets and dedupe entries that can no longer matter; returns the dropped buckets."""
         oldest = now - WINDOW_S - BUCKET_S
-        for start in [s for s in self.buckets if s + BUCKET_S <= oldest]:
-            del self.buckets[start]
+        dropped = [(start, self.buckets.pop(start)) for start in [s for s in self.buckets if s + BUCKET_S <= oldest]]
         for dev in [d for d, e in self.seen.items() if e.last_seen < now - DEVICE_TTL_S]:
             del self.seen[dev]
+        return dropped
 
     def is_empty(self) -> bool:
         return not self.buckets and not self.seen

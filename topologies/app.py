@@ -1,34 +1,50 @@
 """The faust application (``app``) and its thin agents.
 
-Run with ``traverz worker`` (or ``faust -A topologies.app worker``). Logic lives
-in ``pipeline``; agents only move bytes between topics, tables and those pure
-functions.
+Run with ``traverz worker`` (or ``faust -A topologies.app worker``). The logic
+lives in :class:`pipeline.engine.Engine`; agents only move bytes between
+topics, tables and it:
+
+* ``pings`` (traverz.pings.v1) → speed windows, baseline, stalled vehicles,
+  crashes; alerts out as they happen.
+* ``reports`` (traverz.reports.v1) → report/vote lifecycle; alerts out.
+* timer ``publish`` every 0.5 s → conditions (material change or 60-s
+  heartbeat) and the detectors' timed clears.
+
+Both agents read co-partitioned topics keyed by the same res-7 cells, so a
+spot's pings and reports meet in one partition. Delivery is at-least-once
+(``concurrency=1``, never exactly_once: faust #517, #323, #440, #606); replays
+are made harmless by the per-device seq dedupe in the speed windows and by
+the detectors ignoring pings older than what they saw.
 """
 
 from __future__ import annotations
 
 import base64
 import time
+import weakref
 from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event  # private: lets the timer write a partition's rows (see Held)
 
-from pipeline import conditions, geo, pings
-from pipeline.cellstate import PartitionedState
+from pipeline import pings
+from pipeline.engine import Engine, Output, RecordProblem, Tables
 from pipeline.settings import (
+    TOPIC_ALERTS,
     TOPIC_CONDITIONS,
     TOPIC_DEADLETTER,
     TOPIC_PINGS,
+    TOPIC_REPORTS,
     get_settings,
 )
-from pipeline.speed import CellSpeedWindow
 
 settings = get_settings()
 DATADIR = settings.data_dir / f"{settings.app_id}-{settings.worker_port}"  # one per worker process
 DATADIR.mkdir(parents=True, exist_ok=True)
 PUBLISH_INTERVAL_S = 0.5
-RESCAN_EVERY = 20  # ticks: every cell is re-evaluated at least every 10 s
+FLUSH_S = 1.0  # state written back and records acknowledged at least this often per partition
+MAX_HELD = 5000  # ... or after this many records of one partition, whichever comes first
 
 app = faust.App(
     settings.app_id,
@@ -44,25 +60,40 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     # at-least-once with idempotent state; never exactly_once (faust #517, #323, #440)
     processing_guarantee="at_least_once",
+    # our own expiry removes old state (faust #385: window expiry misbehaves after recovery)
     table_cleanup_interval=3600.0,
 )
 
-pings_topic = app.topic(TOPIC_PINGS, key_serializer="raw", value_serializer="raw")
-conditions_topic = app.topic(TOPIC_CONDITIONS, key_serializer="raw", value_serializer="raw")
-deadletter_topic = app.topic(TOPIC_DEADLETTER, key_serializer="raw", value_serializer="raw")
 
-# bytes key and value: raw serialisation, our own compact encoding
-cell_speed_table = app.Table("cell-speed", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+def _raw_topic(name: str) -> Any:
+    return app.topic(name, key_serializer="raw", value_serializer="raw")
 
-cells: PartitionedState[CellSpeedWindow] = PartitionedState(
-    cell_speed_table,
-    encode=CellSpeedWindow.to_bytes,
-    decode=CellSpeedWindow.from_bytes,
-    empty=CellSpeedWindow.is_empty,
+
+pings_topic = _raw_topic(TOPIC_PINGS)
+reports_topic = _raw_topic(TOPIC_REPORTS)
+conditions_topic = _raw_topic(TOPIC_CONDITIONS)
+alerts_topic = _raw_topic(TOPIC_ALERTS)
+deadletter_topic = _raw_topic(TOPIC_DEADLETTER)
+
+
+def _table(name: str) -> Any:
+    # bytes in, bytes out: our own compact encodings, no faust.Record
+    return app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+
+
+engine = Engine(
+    Tables(
+        speed=_table("cell-speed"),
+        baseline=_table("baseline"),
+        devices=_table("devices"),
+        areas=_table("crash-areas"),
+        books=_table("report-books"),
+        active=_table("active-incidents"),
+    ),
+    min_devices=settings.min_devices,
+    cell_res=settings.cell_resolution,
+    key_res=settings.key_resolution,
 )
-published: dict[str, dict[str, Any]] = {}
-pending_publish: set[str] = set()
-ticks = 0
 
 
 def dead_letter(event: faust.types.EventT[bytes], reason: str) -> bytes:
@@ -82,62 +113,128 @@ def dead_letter(event: faust.types.EventT[bytes], reason: str) -> bytes:
     )
 
 
+async def ship(out: Output) -> None:
+    for key, value in out.alerts:
+        await alerts_topic.send(key=key, value=value)
+    for key, cond in out.conditions:
+        await conditions_topic.send(key=key, value=cond)
+
+
+class Held:
+    """Records processed but not yet acknowledged, per partition, until their state is written.
+
+    Writing every touched cell back per record would cost a changelog record
+    per ping (a busy cell is touched by nearly every record). Instead each
+    partition's changed state is written at most every :data:`FLUSH_S`, and
+    only then are that partition's records acknowledged — so faust, which
+    flushes the producer before it commits, never commits an offset whose
+    effect is not in the changelog. A crash replays the unacknowledged
+    records; the per-device seq dedupe makes them count once.
+
+    Faust binds a table write to the current event's partition; the timer
+    flushes an idle partition under the last event it holds (``_current_event``).
+    """
+
+    def __init__(self) -> None:
+        self.events: dict[int, list[faust.types.EventT[bytes]]] = {}
+        self.flushed_at: dict[int, float] = {}
+
+    def hold(self, event: faust.types.EventT[bytes], now: float) -> None:
+        part = event.message.partition
+        held = self.events.setdefault(part, [])
+        held.append(event)
+        if len(held) >= MAX_HELD or now - self.flushed_at.get(part, 0.0) >= FLUSH_S:
+            self.release(part, now)  # inside this very event: no context juggling
+
+    def release(self, part: int, now: float) -> None:
+        engine.flush(part, now)
+        self.flushed_at[part] = now
+        for ev in self.events.pop(part, []):
+            ev.ack()
+
+    def release_due(self, now: float) -> None:
+        for part, held in list(self.events.items()):
+            if held and now - self.flushed_at.get(part, 0.0) >= FLUSH_S:
+                token = _current_event.set(weakref.ref(held[-1]))
+                try:
+                    self.release(part, now)
+                finally:
+                    _current_event.reset(token)
+
+    def drop_revoked(self, keep: set[int]) -> None:
+        # their offsets were not committed: the new owner replays them
+        for part in [p for p in self.events if p not in keep]:
+            del self.events[part]
+
+
+held = Held()
+
+
+def _unacked(stream: faust.StreamT[bytes]) -> Any:
+    # acknowledged by Held, strictly in offset order: faust commits past a gap
+    # when a later offset is acked first (faust #606)
+    return stream.noack().events()  # type: ignore[attr-defined]
+
+
 @app.agent(pings_topic, concurrency=1)  # >1 acks out of order (faust #606)
-async def cell_speed(stream: faust.StreamT[bytes]) -> None:
-    """Pings → per-cell speed windows (table) → cells due for publication."""
-    res = settings.cell_resolution
-    async for event in stream.events():
-        partition = event.message.partition
+async def ping_agent(stream: faust.StreamT[bytes]) -> None:
+    """Ping records → every per-ping detector; alerts out."""
+    async for event in _unacked(stream):
         try:
             _, _, batch = pings.decode_record(event.value)
         except pings.RecordError as exc:
             await deadletter_topic.send(key=event.message.key, value=dead_letter(event, str(exc)))
+            held.hold(event, time.time())  # acknowledged in offset order with the rest (faust #606)
             continue
         now = time.time()
-        for p in batch:
-            if p.get("state") == "parked":
-                continue  # a parked phone is not traffic
-            key = geo.cell(p["lat"], p["lon"], res)
-            window = cells.get(key, partition)
-            if window is None:
-                window = CellSpeedWindow()
-            if window.add(p["device_id"], p["seq"], p["ts"], p["speed_mps"], p["heading_deg"], now):
-                cells.put(key, window, partition)
-                pending_publish.add(key)
-        cells.flush(partition)
+        out = engine.on_pings(batch, event.message.partition, now)
+        if out.alerts:
+            await ship(out)
+        held.hold(event, now)
+
+
+@app.agent(reports_topic, concurrency=1)
+async def report_agent(stream: faust.StreamT[bytes]) -> None:
+    """Reports and votes → incidents; alerts out."""
+    async for event in _unacked(stream):
+        key = (event.message.key or b"").decode(errors="replace")
+        now = time.time()
+        try:
+            out = engine.on_report(key, orjson.loads(event.value or b"null"), event.message.partition, now)
+        except (orjson.JSONDecodeError, RecordProblem) as exc:
+            await deadletter_topic.send(key=event.message.key, value=dead_letter(event, str(exc)))
+            held.hold(event, now)
+            continue
+        await ship(out)
+        held.hold(event, now)
 
 
 @app.timer(PUBLISH_INTERVAL_S)  # type: ignore[untyped-decorator]
-async def publish_conditions() -> None:
-    """Publish changed cells: on material change, else a heartbeat at most every 60 s."""
-    global ticks
-    ticks += 1
+async def publish() -> None:
+    """Conditions of the cells that changed (material change, else a heartbeat at most every 60 s)."""
     now = time.time()
-    due = set(pending_publish)
-    pending_publish.clear()
-    if ticks % RESCAN_EVERY == 0:
-        due.update(k for k, _ in cells.items())
-        due.update(published)
-    for key in due:
-        window = cells.values.get(key)
-        if window is not None:
-            window.expire(now)
-            cells.mark(key)
-        prev = published.get(key)
-        stats = window.stats(now) if window is not None else {}
-        version = conditions.next_version(prev["version"] if prev else 0, now)
-        cond = conditions.build_condition(key, stats, now=now, version=version, min_devices=settings.min_devices)
-        if cond is None:
-            if prev is not None:
-                # below k or gone quiet: a tombstone removes it from the compacted topic
-                await conditions_topic.send(key=key.encode(), value=None)
-                del published[key]
-            continue
-        if conditions.is_material(prev, cond, now):
-            await conditions_topic.send(key=key.encode(), value=orjson.dumps(cond))
-            published[key] = cond
+    held.release_due(now)
+    await ship(engine.tick(now))
+
+
+@app.on_partitions_assigned.connect
+async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    assigned = args[0] if args else kwargs.get("assigned", set())
+    # the full new assignment: forget what moved to another worker
+    keep = {tp.partition for tp in assigned if tp.topic == TOPIC_PINGS}
+    held.drop_revoked(keep)
+    engine.forget_partitions(keep)
 
 
 @app.page("/healthz")
 async def healthz(web: Any, request: Any) -> Any:
-    return web.json({"status": "ok", "cells": len(cells.values)})
+    return web.json(
+        {
+            "status": "ok",
+            "pings": engine.pings,
+            "duplicates": engine.duplicates,
+            "cells": len(engine.cells.values),
+            "devices": len(engine.devices.values),
+            "published": len(engine.published),
+        }
+    )

@@ -55,6 +55,20 @@ class Histogram:
             self.counts = {k: c // 2 for k, c in self.counts.items() if c >= 2}
             self.n = sum(self.counts.values())
 
+    def add_counts(self, hist: dict[int, int]) -> None:
+        """Add a histogram of the same 0.5 m/s bins (a closed speed-window bucket)."""
+        low, top = int(MIN_SAMPLE_MPS * BIN_PER_MPS), int(MAX_SPEED_MPS * BIN_PER_MPS)
+        counts = self.counts
+        for b, c in hist.items():
+            if b < low:
+                continue
+            b = min(b, top)
+            counts[b] = counts.get(b, 0) + c
+            self.n += c
+        while self.n >= HALVE_AT:
+            self.counts = counts = {k: c // 2 for k, c in counts.items() if c >= 2}
+            self.n = sum(counts.values())
+
     def quantile(self, q: float) -> float:
         """Bin centre holding the ``q`` quantile; 0.0 when empty."""
         if not self.n:
@@ -124,6 +138,31 @@ def update(state: CellBaseline | None, sector: int, speed_mps: float, ts: float)
     if sec is None:
         sec = state.sectors[sector] = Histogram()
     sec.add(speed_mps)
+    return state
+
+
+def fold(state: CellBaseline | None, sector: int, hist: dict[int, int], ts: float) -> CellBaseline:
+    """Count a whole histogram of ``sector`` observed at ``ts`` — what :func:`update` does per speed.
+
+    The stream folds each 30-s speed-window bucket in as it leaves the window:
+    one dict merge per bucket instead of two histogram updates per ping, and
+    only deduplicated pings (the window's) ever reach the baseline.
+    """
+    if state is None:
+        state = CellBaseline()
+    key = (sector, hour_of_week(ts))
+    hour = state.hours.get(key)
+    if hour is None:
+        hour = state.hours[key] = Histogram()
+    hour.add_counts(hist)
+    sec = state.sectors.get(sector)
+    if sec is None:
+        sec = state.sectors[sector] = Histogram()
+    sec.add_counts(hist)
+    if not hour.n:
+        del state.hours[key]  # only standing-still bins: nothing learned
+    if not sec.n:
+        del state.sectors[sector]
     return state
 
 

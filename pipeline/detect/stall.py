@@ -109,13 +109,33 @@ def step(
     state: StallState | None, ping: Ping, now: float, traffic_mps: float | None
 ) -> tuple[StallState, list[IncidentEvent]]:
     """Advance one device by one ping; ``traffic_mps`` is the median of its cell and sector (None: unknown)."""
+    state, emits, _ = step_with_facts(state, ping, now, traffic_mps)
+    return state, emits
+
+
+def needs_traffic(state: StallState | None, ping: Ping) -> bool:
+    """Whether :func:`step` could open a stall on this ping, i.e. whether to look ``traffic_mps`` up.
+
+    The lookup (a window's median) costs more than the step: agents skip it for
+    the moving majority.
+    """
+    if state is None or state.stall is not None:
+        return False
+    since = state.motion.still_since
+    return since is not None and float(ping["ts"]) - since >= STALL_MIN_S - motion.STOP_REFRESH_S
+
+
+def step_with_facts(
+    state: StallState | None, ping: Ping, now: float, traffic_mps: float | None
+) -> tuple[StallState, list[IncidentEvent], list[motion.Fact]]:
+    """:func:`step`, also returning the motion facts (the crash detector's input)."""
     if state is None:
         state = StallState(motion.seed(ping, now))
         _note_parked(state, ping)
-        return state, []
+        return state, [], []
     ts = float(ping["ts"])
     if ts <= state.motion.ts:
-        return state, []
+        return state, [], []
     emits: list[IncidentEvent] = []
     quiet = ts - state.motion.ts > QUIET_S
     state.motion, facts = motion.step(state.motion, ping, now)
@@ -132,7 +152,7 @@ def step(
         if now >= state.stall.expires_at - LIFETIME_S / 2:
             state.stall.expires_at = now + LIFETIME_S  # still there: keep it alive for the drivers
             emits.append(_event(state.stall, "updated", now))
-        return state, emits
+        return state, emits, facts
     if (
         m.still_since is not None
         and ts - m.still_since >= STALL_MIN_S
@@ -153,7 +173,7 @@ def step(
             version=0,
         )
         emits.append(_event(state.stall, "opened", now))
-    return state, emits
+    return state, emits, facts
 
 
 def _note_parked(state: StallState, ping: Ping) -> None:

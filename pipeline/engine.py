@@ -1,0 +1,425 @@
+"""Every stream agent's logic over partition-bound state — the worker without Kafka.
+
+``topologies/app.py`` feeds an :class:`Engine` decoded records (with their
+partition) and timer ticks, and ships what it returns; tests drive it with
+plain dicts as tables and an injected ``now``.
+
+State, one faust table each (key → bytes), all keyed inside the partition of
+the res-7 key that routed the record (pings and reports share keys, so one
+partition number holds a spot's pings *and* its reports):
+
+=========  ======================  ===========================================
+table      key                     write-back
+=========  ======================  ===========================================
+speed      res-9 cell              every record: windows + per-device seq
+                                   dedupe, so a replay counts each ping once
+baseline   res-9 cell              every 10 s per partition (relearnable)
+devices    ``<res-7 key>|<device>``  every 2 s, only stopped or stalled devices
+areas      res-9 cell (crash)      every record (rare)
+books      res-7 key (reports)     every record (rare)
+active     res-9 cell              every record: open incidents per cell
+=========  ======================  ===========================================
+
+A device's motion state is per partition key: when it crosses into another
+res-7 cell its pings are routed elsewhere and it is seeded afresh there (see
+:mod:`pipeline.detect.motion` for what that costs and why it is acceptable).
+A moving device's state is not written at all: losing it in a crash only means
+its next ping seeds again, and writing it would cost a changelog record per ping.
+
+Conditions (:meth:`Engine.tick`) come from the speed windows, the learned free
+flow of the cell (hour of week of ``now``) and the open incidents of the cell;
+a closure sets level 5. Alerts come from every detector as they happen.
+Incidents published in ``active`` are dropped at their ``expires_at`` even if
+the detector that opened them was lost (a crashed worker's moving-device state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+import h3
+import orjson
+
+from pipeline import conditions, geo
+from pipeline.cellstate import PartitionedState
+from pipeline.detect import baseline, crash, incidents, motion, stall
+from pipeline.detect.events import IncidentEvent, to_alert
+from pipeline.pings import Ping
+from pipeline.speed import CellSpeedWindow, SectorBucket
+
+Table = MutableMapping[bytes, bytes]
+Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
+
+SWEEP_S = 5.0  # detectors' timers: quiet devices, crash context, report lifetimes
+RESCAN_S = 10.0  # every cell re-evaluated at least this often (issue: ≤ 30 s)
+REPORT_NEAR_M = incidents.MERGE_M
+_by_ts = itemgetter("ts")
+
+
+class RecordProblem(ValueError):
+    """A report/vote record that cannot be applied (goes to the dead letters)."""
+
+
+@dataclass
+class Tables:
+    speed: Table
+    baseline: Table
+    devices: Table
+    areas: Table
+    books: Table
+    active: Table
+
+    @classmethod
+    def in_memory(cls) -> Tables:
+        return cls({}, {}, {}, {}, {}, {})
+
+
+@dataclass
+class Output:
+    conditions: list[Record] = field(default_factory=list)
+    alerts: list[Record] = field(default_factory=list)
+
+
+def _enc_active(v: dict[str, dict[str, Any]]) -> bytes:
+    return orjson.dumps(v)
+
+
+def _dec_active(raw: bytes) -> dict[str, dict[str, Any]]:
+    doc: dict[str, dict[str, Any]] = orjson.loads(raw)
+    return doc
+
+
+def _device_worth_storing(s: stall.StallState) -> bool:
+    return s.motion.still_since is not None or s.stall is not None
+
+
+class Engine:
+    def __init__(self, tables: Tables, *, min_devices: int = 3, cell_res: int = 9, key_res: int = 7) -> None:
+        self.min_devices = min_devices
+        self.cell_res, self.key_res = cell_res, key_res
+        self.cells: PartitionedState[CellSpeedWindow] = PartitionedState(
+            tables.speed, CellSpeedWindow.to_bytes, CellSpeedWindow.from_bytes, CellSpeedWindow.is_empty
+        )
+        self.baselines: PartitionedState[baseline.CellBaseline] = PartitionedState(
+            tables.baseline,
+            baseline.CellBaseline.to_bytes,
+            baseline.CellBaseline.from_bytes,
+            baseline.CellBaseline.is_empty,
+            every_s=10.0,
+        )
+        self.devices: PartitionedState[stall.StallState] = PartitionedState(
+            tables.devices,
+            stall.StallState.to_bytes,
+            stall.StallState.from_bytes,
+            lambda _: False,
+            every_s=2.0,
+            persist=_device_worth_storing,
+        )
+        self.areas: PartitionedState[crash.CrashArea] = PartitionedState(
+            tables.areas, crash.CrashArea.to_bytes, crash.CrashArea.from_bytes, lambda _: False
+        )
+        self.books: PartitionedState[incidents.Book] = PartitionedState(
+            tables.books, incidents.Book.to_bytes, incidents.Book.from_bytes, incidents.Book.is_empty
+        )
+        self.active: PartitionedState[dict[str, dict[str, Any]]] = PartitionedState(
+            tables.active, _enc_active, _dec_active, lambda v: not v
+        )
+        self.published: dict[str, dict[str, Any]] = {}
+        self.pending: set[str] = set()
+        self.swept_at = 0.0
+        self.rescanned_at = 0.0
+        self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
+        self.pings = 0
+        self.duplicates = 0
+
+    # -- records ------------------------------------------------------------
+    def on_pings(self, batch: Sequence[Ping], partition: int, now: float) -> Output:
+        """One decoded ping record of ``partition``: windows, baseline, per-device detectors."""
+        out = Output()
+        cells, devices = self.cells, self.devices
+        windows, trackers = cells.values, devices.values
+        cell_res, key_res = self.cell_res, self.key_res
+        to_cell, to_parent = h3.latlng_to_cell, h3.cell_to_parent
+        step, needs_traffic = stall.step_with_facts, stall.needs_traffic
+        parents = self.parents
+        touched_cells: set[str] = set()
+        touched_devices: set[str] = set()
+        duplicates = 0
+        for p in sorted(batch, key=_by_ts) if len(batch) > 1 else batch:
+            c9 = to_cell(p["lat"], p["lon"], cell_res)
+            dev = p["device_id"]
+            if p.get("state") != "parked":  # a parked phone is not traffic
+                window = windows.get(c9) or cells.get(c9, partition) or CellSpeedWindow()
+                speed, heading, ts = p["speed_mps"], p["heading_deg"], p["ts"]
+                if window.add(dev, p["seq"], ts, speed, heading, now):
+                    windows[c9] = window
+                    touched_cells.add(c9)
+                else:
+                    duplicates += 1
+            k7 = parents.get(c9)
+            if k7 is None:
+                k7 = parents[c9] = to_parent(c9, key_res)
+            dkey = k7 + "|" + dev
+            st = trackers.get(dkey) or devices.get(dkey, partition)
+            traffic = self.traffic(*stall.context(st, p), now) if needs_traffic(st, p) else None
+            st, events, facts = step(st, p, now, traffic)
+            trackers[dkey] = st
+            touched_devices.add(dkey)
+            for ev in events:
+                self._emit(ev, k7, partition, out)
+                self._corroborate(k7, ev, partition, now, out)
+            for fact in facts:
+                if not isinstance(fact, motion.HardBrake):  # a brake alone is not yet a candidate
+                    self._crash_fact(fact, k7, partition, now, out)
+        cells.touch(touched_cells, partition)
+        devices.touch(touched_devices, partition)
+        self.pending |= touched_cells
+        self.pings += len(batch) - duplicates
+        self.duplicates += duplicates
+        return out
+
+    def on_report(self, key7: str, rec: Any, partition: int, now: float) -> Output:
+        """One record of ``traverz.reports.v1`` (``kind`` report or vote)."""
+        out = Output()
+        kind = rec.get("kind") if isinstance(rec, dict) else None
+        book = self.books.get(key7, partition)
+        try:
+            if kind == "report":
+                _check_report(rec)
+                book, events = incidents.report(book, rec, now)
+            elif kind == "vote":
+                if not all(isinstance(rec.get(k), str) for k in ("report_id", "device_id", "vote")):
+                    raise RecordProblem("vote: report_id, device_id and vote must be strings")
+                if not isinstance(rec.get("ts"), int | float):
+                    raise RecordProblem("vote: ts must be a number")
+                book, events = incidents.vote(book, rec, now)
+            else:
+                raise RecordProblem("kind: must be report or vote")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecordProblem(str(exc) or type(exc).__name__) from exc
+        self.books.put(key7, book, partition)
+        for ev in events:
+            self._emit(ev, key7, partition, out)
+        return out
+
+    def flush(self, partition: int, now: float) -> int:
+        """Write ``partition``'s changed state to its tables; the caller is inside an event of it.
+
+        The agent calls this before acknowledging that partition's records, so
+        the offsets faust commits never run ahead of the state in the changelog.
+        """
+        return sum(
+            state.flush(partition, now)
+            for state in (self.cells, self.baselines, self.devices, self.areas, self.books, self.active)
+        )
+
+    # -- helpers --------------------------------------------------------------
+    def traffic(self, cell: str, sector: int, now: float) -> float | None:
+        """Median speed of a cell and sector over the window; None below k devices."""
+        w = self.cells.values.get(cell)
+        if w is None:
+            return None
+        s = w.stats(now).get(sector)
+        return s.median_mps if s is not None and s.devices >= self.min_devices else None
+
+    def free_flow(self, cell: str, sector: int, now: float) -> float:
+        return baseline.free_flow(self.baselines.values.get(cell), sector, now)
+
+    def _emit(self, ev: IncidentEvent, key7: str, partition: int, out: Output) -> None:
+        alert = to_alert(ev)
+        cell = alert["cell"]
+        out.alerts.append((cell.encode(), orjson.dumps(alert)))
+        if geo.parent(cell, self.key_res) != key7:
+            # the incident's cell belongs to another partition, whose worker publishes its
+            # condition; two writers of one compacted key would contradict each other
+            return
+        cur = self.active.get(cell, partition) or {}
+        if ev.state == "cleared":
+            cur.pop(alert["id"], None)
+        else:
+            cur[alert["id"]] = {"type": alert["type"], "expires_at": alert["expires_at"]}
+        self.active.put(cell, cur, partition)
+        self.pending.add(cell)
+
+    def _crash_reports(self, key7: str, lat: float, lon: float, partition: int) -> int:
+        book = self.books.get(key7, partition)
+        if book is None:
+            return 0
+        return sum(
+            inc.reports
+            for inc in book.incidents.values()
+            if inc.type == "crash"
+            and inc.ended_at is None
+            and geo.distance_m(inc.lat, inc.lon, lat, lon) <= REPORT_NEAR_M
+        )
+
+    def _crash_context(
+        self, area: crash.CrashArea, fact_cell: str, fact_sector: int, now: float
+    ) -> tuple[float | None, float]:
+        cell, sec = crash.watch(area) or (fact_cell, fact_sector)
+        return self.traffic(cell, sec, now), self.free_flow(cell, sec, now)
+
+    def _crash_fact(self, fact: motion.Fact, key7: str, partition: int, now: float, out: Output) -> None:
+        home = geo.cell(fact.lat, fact.lon, self.cell_res)
+        sec = geo.sector(fact.heading_deg) if isinstance(fact, motion.Stopped) else 0
+        for key in crash.area_keys(fact.lat, fact.lon, key7):
+            area = self.areas.get(key, partition)
+            if area is None and isinstance(fact, motion.Moving):
+                continue  # leaving an area that never saw the vehicle stop changes nothing
+            traffic, ff = self._crash_context(area or crash.CrashArea(key), home, sec, now)
+            reports = self._crash_reports(key7, fact.lat, fact.lon, partition)
+            area, events = crash.step(area, fact, now, cell=key, traffic_mps=traffic, free_flow_mps=ff, reports=reports)
+            self.areas.put(key, area, partition)
+            for ev in events:
+                self._emit(ev, key7, partition, out)
+                self._corroborate(key7, ev, partition, now, out)
+
+    def _corroborate(self, key7: str, ev: IncidentEvent, partition: int, now: float, out: Output) -> None:
+        """A probe detection near a reported incident of the same type raises its confidence (and vice versa)."""
+        book = self.books.get(key7, partition)
+        if book is None:
+            return
+        inc = ev.incident
+        match = incidents.find(book, inc.type, inc.lat, inc.lon, inc.heading_deg)
+        if match is None:
+            return
+        probes = 0 if ev.state == "cleared" else 1
+        events = incidents.set_probes(book, match.id, probes, now)
+        if events:
+            self.books.put(key7, book, partition)
+            for e in events:
+                self._emit(e, key7, partition, out)
+
+    # -- timer ------------------------------------------------------------------
+    def tick(self, now: float) -> Output:
+        """Timer: detector sweeps every :data:`SWEEP_S`, then conditions of the cells that are due."""
+        out = Output()
+        if now - self.swept_at >= SWEEP_S:
+            self.swept_at = now
+            self._sweep(now, out)
+        due = self.pending
+        self.pending = set()
+        if now - self.rescanned_at >= RESCAN_S:
+            self.rescanned_at = now
+            due |= set(self.cells.values) | set(self.published) | set(self.active.values)
+        for cell in due:
+            self._condition(cell, now, out)
+        return out
+
+    def _condition(self, cell: str, now: float, out: Output) -> None:
+        window = self.cells.values.get(cell)
+        if window is not None:
+            closed = window.expire(now)
+            self.cells.mark(cell)
+            if closed:
+                self._learn(cell, closed)
+        open_ = self.active.values.get(cell) or {}
+        lapsed = [i for i, a in open_.items() if a["expires_at"] is not None and a["expires_at"] <= now]
+        for i in lapsed:
+            del open_[i]
+        if lapsed:
+            self.active.mark(cell)
+        prev = self.published.get(cell)
+        stats = window.stats(now) if window is not None else {}
+        cond = conditions.build_condition(
+            cell,
+            stats,
+            now=now,
+            version=conditions.next_version(prev["version"] if prev else 0, now),
+            min_devices=self.min_devices,
+            free_flow=baseline.free_flow_by_sector(self.baselines.values.get(cell), now),
+            incidents=sorted(open_),
+            closed=any(a["type"] == "closure" for a in open_.values()),
+        )
+        if cond is None:
+            if prev is not None:
+                out.conditions.append((cell.encode(), None))  # a tombstone: gone from the compacted topic
+                del self.published[cell]
+            if window is None or window.is_empty():
+                self.baselines.evict(cell)  # quiet cell: its baseline waits in the table
+            return
+        if conditions.is_material(prev, cond, now):
+            out.conditions.append((cell.encode(), orjson.dumps(cond)))
+            self.published[cell] = cond
+
+    def _learn(self, cell: str, closed: list[tuple[int, dict[int, SectorBucket]]]) -> None:
+        """Fold speed-window buckets that just closed into the cell's free-flow baseline."""
+        part = self.cells.partition_of.get(cell)
+        if part is None:
+            return
+        b = self.baselines.values.get(cell) or self.baselines.get(cell, part)
+        for start, sectors in closed:
+            for sec, bucket in sectors.items():
+                b = baseline.fold(b, sec, bucket.hist, float(start))
+        if b is not None:
+            self.baselines.put(cell, b, part)
+
+    def _sweep(self, now: float, out: Output) -> None:
+        devices = self.devices
+        for key, st in devices.items():
+            part = devices.partition_of.get(key, 0)
+            key7 = key.split("|", 1)[0]
+            for ev in stall.tick(st, now):
+                self._emit(ev, key7, part, out)
+                self._corroborate(key7, ev, part, now, out)
+                devices.mark(key)
+            if stall.expire(st, now):
+                devices.drop(key)
+        areas = self.areas
+        for key, area in areas.items():
+            part = areas.partition_of.get(key, 0)
+            sec = geo.sector(area.crash.heading) if area.crash is not None else 0
+            traffic, ff = self._crash_context(area, key, sec, now)
+            key7 = geo.parent(key, self.key_res)
+            reports = self._crash_reports(key7, area.crash.lat, area.crash.lon, part) if area.crash else 0
+            events = crash.tick(area, now, traffic_mps=traffic, free_flow_mps=ff, reports=reports)
+            for ev in events:
+                self._emit(ev, key7, part, out)
+                self._corroborate(key7, ev, part, now, out)
+            if events or area.vehicles:
+                areas.mark(key)
+            if crash.expire(area, now):
+                areas.drop(key)
+        books = self.books
+        for key, book in books.items():
+            part = books.partition_of.get(key, 0)
+            events = incidents.expire(book, now)
+            for inc in book.incidents.values():
+                if inc.ended_at is None and inc.type in incidents.RECOVERABLE:
+                    traffic = self.traffic(inc.cell, inc.sector, now)
+                    ratio = None if traffic is None else traffic / self.free_flow(inc.cell, inc.sector, now)
+                    recovered = incidents.on_speed(inc, ratio, now)
+                    if recovered is not None:
+                        events.append(recovered)
+            for ev in events:
+                self._emit(ev, key, part, out)
+            books.mark(key)
+            if book.is_empty():
+                books.drop(key)
+        for key, cell in self.cells.items():
+            if cell.is_empty():
+                self.cells.drop(key)
+        if len(self.parents) > 500_000:
+            self.parents.clear()  # a cache: bounded, refilled as pings come
+
+    def forget_partitions(self, keep: Iterable[int]) -> None:
+        """After a rebalance: drop what belongs to partitions this worker lost."""
+        kept = set(keep)
+        for state in (self.cells, self.baselines, self.devices, self.areas, self.books, self.active):
+            state.forget_partitions(kept)
+        self.published = {c: v for c, v in self.published.items() if c in self.cells.values}
+
+
+def _check_report(rec: dict[str, Any]) -> None:
+    for k in ("id", "type", "device_id"):
+        if not isinstance(rec.get(k), str):
+            raise RecordProblem(f"report: {k} must be a string")
+    for k in ("lat", "lon", "heading_deg", "ts"):
+        v = rec.get(k)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise RecordProblem(f"report: {k} must be a number")
+    if not (-90 <= rec["lat"] <= 90 and -180 <= rec["lon"] <= 180):
+        raise RecordProblem("report: position out of range")

@@ -1,0 +1,378 @@
+"""The stream engine without Kafka: dict tables, an injected clock (advanced, never slept)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline import geo
+from pipeline.engine import Engine, Output, RecordProblem, Tables
+from pipeline.pings import RecordError, decode_record, encode_record
+
+T0 = 1_700_000_000.0
+LAT, LON = 52.5200, 13.4050
+EAST = 90.0
+
+
+class Run:
+    """An engine and a clock; pings go to the partition their key would pick (a stand-in number)."""
+
+    def __init__(self, tables: Tables | None = None, min_devices: int = 3) -> None:
+        self.tables = tables or Tables.in_memory()
+        self.engine = Engine(self.tables, min_devices=min_devices)
+        self.now = T0
+        self.alerts: list[dict[str, Any]] = []
+        self.conditions: dict[str, dict[str, Any] | None] = {}
+        self.seqs: dict[str, int] = {}
+
+    def ping(
+        self, dev: str, lat: float, lon: float, speed: float, heading: float = EAST, **extra: Any
+    ) -> dict[str, Any]:
+        seq = self.seqs[dev] = self.seqs.get(dev, 0) + 1
+        return {
+            "device_id": dev,
+            "seq": seq,
+            "ts": self.now,
+            "lat": lat,
+            "lon": lon,
+            "speed_mps": speed,
+            "heading_deg": heading,
+            "accuracy_m": 5.0,
+            **extra,
+        }
+
+    def feed(self, batch: list[dict[str, Any]], partition: int = 0) -> Output:
+        out = self.engine.on_pings(batch, partition, self.now)
+        self.engine.flush(partition, self.now)
+        self._collect(out)
+        return out
+
+    def report(self, rec: dict[str, Any], partition: int = 0) -> Output:
+        key7 = geo.key_cell(rec.get("lat", LAT), rec.get("lon", LON), 7, 9)
+        out = self.engine.on_report(key7, rec, partition, self.now)
+        self.engine.flush(partition, self.now)
+        self._collect(out)
+        return out
+
+    def tick(self, seconds: float = 0.0) -> Output:
+        self.now += seconds
+        out = self.engine.tick(self.now)
+        self._collect(out)
+        return out
+
+    def _collect(self, out: Output) -> None:
+        self.alerts += [orjson.loads(v) for _, v in out.alerts if v is not None]
+        for k, v in out.conditions:
+            self.conditions[k.decode()] = orjson.loads(v) if v is not None else None
+
+    def opened(self, type_: str) -> list[dict[str, Any]]:
+        return [a for a in self.alerts if a["type"] == type_ and a["state"] == "opened"]
+
+
+def traffic(run: Run, n: int, speed: float, lat: float = LAT, lon: float = LON, prefix: str = "car") -> None:
+    """One ping each from ``n`` devices passing the spot."""
+    run.feed([run.ping(f"{prefix}{i}", *geo.destination(lat, lon, EAST, i * 3.0), speed) for i in range(n)])
+
+
+# -- speed, dedupe, k threshold ---------------------------------------------------
+def test_condition_counts_each_ping_once_and_skips_parked() -> None:
+    run = Run()
+    batch = [run.ping(f"d{i}", LAT, LON, 10.0 + i) for i in range(4)]
+    run.feed(batch)
+    run.feed(batch)  # a retried record
+    run.feed([run.ping("p", LAT, LON, 0.0, state="parked")])
+    run.tick(0.5)
+    cond = run.conditions[geo.cell(LAT, LON, 9)]
+    assert cond is not None
+    (sector,) = cond["sectors"]
+    assert (sector["samples"], sector["devices"]) == (4, 4)
+    assert run.engine.duplicates == 4
+    text = orjson.dumps(cond).decode()
+    assert "device_id" not in text and '"d0"' not in text
+
+
+def test_below_k_devices_nothing_is_published() -> None:
+    run = Run()
+    run.feed([run.ping("a", LAT, LON, 10.0), run.ping("b", LAT, LON, 10.0)])
+    run.tick(0.5)
+    assert run.conditions == {}
+
+
+def test_replay_after_restart_counts_once() -> None:
+    """The speed table is written every record: a new engine over it dedupes the replay."""
+    first = Run()
+    batch = [first.ping(f"d{i}", LAT, LON, 12.0) for i in range(3)]
+    first.feed(batch)
+    assert first.tables.speed, "windows written back within the record"
+    second = Run(first.tables)
+    second.now = first.now
+    second.feed(batch)
+    second.feed([second.ping("d9", LAT, LON, 12.0)])
+    second.tick(0.5)
+    cond = second.conditions[geo.cell(LAT, LON, 9)]
+    assert cond is not None and cond["sectors"][0]["samples"] == 4
+
+
+def test_quiet_cell_is_tombstoned() -> None:
+    run = Run()
+    traffic(run, 3, 10.0)
+    run.tick(0.5)
+    cell = geo.cell(LAT, LON, 9)
+    assert run.conditions[cell] is not None
+    run.tick(400.0)  # the 5-minute window is over
+    assert run.conditions[cell] is None
+
+
+# -- free flow from the baseline --------------------------------------------------
+def test_free_flow_learned_from_observed_speeds_sets_level() -> None:
+    run = Run()
+    for _ in range(30):  # 90 samples at 20 m/s, this hour of week
+        traffic(run, 3, 20.0)
+        run.tick(5.0)
+    cell = geo.cell(LAT, LON, 9)
+    cond = run.conditions[cell]
+    assert cond is not None and cond["sectors"][0]["free_flow_mps"] == 13.9  # cold start: nothing learned yet
+    run.tick(400.0)  # the buckets leave the window and are folded into the baseline
+    for _ in range(3):
+        traffic(run, 3, 4.0, prefix="jam")
+        run.tick(5.0)
+    cond = run.conditions[cell]
+    assert cond is not None
+    assert cond["sectors"][0]["free_flow_mps"] == pytest.approx(20.25, abs=0.5)
+    assert cond["level"] == 4  # 4 / 20 → standstill band
+    assert cond["jam_factor"] >= 7.5
+
+
+def test_replayed_pings_do_not_teach_the_baseline_twice() -> None:
+    run = Run()
+    batch = [run.ping(f"d{i}", LAT, LON, 20.0) for i in range(60)]
+    for _ in range(3):
+        run.feed(batch)
+    run.tick(400.0)
+    learned = run.engine.baselines.values[geo.cell(LAT, LON, 9)]
+    assert learned.sectors[geo.sector(EAST)].n == 60
+
+
+# -- stalled vehicles -------------------------------------------------------------
+def _stall_scene(run: Run, others_speed: float, seconds: int = 120) -> None:
+    for t in range(0, seconds, 5):
+        run.feed([run.ping("stuck", LAT, LON, 0.0, heading=EAST)])
+        traffic(run, 4, others_speed, prefix=f"t{t}-")
+        run.now += 5
+        run.tick()
+
+
+def test_stalled_vehicle_opens_among_moving_traffic_and_clears_when_it_moves() -> None:
+    run = Run()
+    run.feed([run.ping("stuck", LAT - 0.0005, LON, 12.0)])  # arrives moving
+    run.now += 5
+    _stall_scene(run, 12.0)
+    (opened,) = run.opened("stalled_vehicle")
+    assert opened["confidence"] > 0.5 and "stuck" not in orjson.dumps(opened).decode()
+    cond = run.conditions[geo.cell(LAT, LON, 9)]
+    assert cond is not None and opened["id"] in cond["incidents"]
+    run.feed([run.ping("stuck", *geo.destination(LAT, LON, EAST, 60.0), 10.0)])
+    cleared = [a for a in run.alerts if a["state"] == "cleared"]
+    assert [a["id"] for a in cleared] == [opened["id"]] and cleared[0]["reason"] == "moved_on"
+    run.tick(0.5)
+    cond = run.conditions[geo.cell(LAT, LON, 9)]
+    assert cond is not None and cond["incidents"] == []
+
+
+def test_everyone_stopped_is_congestion_not_a_stall() -> None:
+    run = Run()
+    _stall_scene(run, 0.5)
+    assert run.opened("stalled_vehicle") == []
+
+
+def test_stall_cleared_when_the_device_goes_quiet() -> None:
+    run = Run()
+    _stall_scene(run, 12.0)
+    assert run.opened("stalled_vehicle")
+    for _ in range(20):
+        traffic(run, 4, 12.0, prefix="later")
+        run.tick(5.0)
+    assert [a["reason"] for a in run.alerts if a["state"] == "cleared"] == ["gone_quiet"]
+
+
+def test_only_stopped_devices_are_stored_and_silent_ones_expire() -> None:
+    run = Run()
+    traffic(run, 5, 12.0)
+    run.feed([run.ping("still", LAT, LON, 0.0)])
+    run.tick(5.0)
+    run.feed([run.ping("poke", LAT, LON, 12.0)])  # an event of partition 0 lets the lazy flush run
+    stored = {k.decode().split("|", 1)[1] for k in run.tables.devices}
+    assert stored == {"still"}
+    run.tick(400.0)
+    run.tick(5.0)
+    assert run.engine.devices.values == {}
+
+
+# -- crashes ----------------------------------------------------------------------
+def test_hard_brake_into_standstill_with_a_second_stopped_vehicle_is_a_crash() -> None:
+    run = Run()
+    run.feed([run.ping("a", LAT, LON - 0.0006, 16.0), run.ping("b", LAT, LON - 0.0004, 10.0)])
+    run.now += 4
+    run.feed([run.ping("a", LAT, LON, 0.5), run.ping("b", LAT, LON + 0.0001, 0.5)])  # a: 3.9 m/s² ≈ 0.4 g
+    for _ in range(4):
+        run.now += 5
+        run.feed([run.ping("a", LAT, LON, 0.0), run.ping("b", LAT, LON + 0.0001, 0.0)])
+        run.tick()
+    (crash,) = run.opened("crash")
+    assert crash["confidence"] >= 0.6 and crash["evidence"]["probes"] == 2
+
+
+def test_gentle_stops_are_never_a_crash() -> None:
+    run = Run()
+    run.feed([run.ping("a", LAT, LON - 0.0006, 8.0), run.ping("b", LAT, LON - 0.0004, 8.0)])
+    for speed in (6.0, 4.0, 2.0, 0.5, 0.0, 0.0, 0.0, 0.0):
+        run.now += 5
+        run.feed([run.ping("a", LAT, LON, speed), run.ping("b", LAT, LON + 0.0001, speed)])
+        run.tick()
+    assert run.opened("crash") == []
+
+
+# -- reports ----------------------------------------------------------------------
+def _report(run: Run, rid: str, dev: str, type_: str = "crash", lat: float = LAT, lon: float = LON) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "kind": "report",
+        "id": rid,
+        "device_id": dev,
+        "type": type_,
+        "lat": lat,
+        "lon": lon,
+        "heading_deg": EAST,
+        "ts": run.now,
+        "ingest_ts": run.now,
+    }
+
+
+def _vote(run: Run, rid: str, dev: str, vote: str) -> dict[str, Any]:
+    return {"v": 1, "kind": "vote", "report_id": rid, "device_id": dev, "vote": vote, "ts": run.now}
+
+
+def test_reports_merge_and_not_there_majority_clears() -> None:
+    run = Run()
+    run.report(_report(run, "r-1", "u1"))
+    run.report(_report(run, "r-2", "u2", lat=LAT + 0.0003))  # ~33 m away: the same crash
+    opened = run.opened("crash")
+    assert len(opened) == 1
+    updated = [a for a in run.alerts if a["state"] == "updated"]
+    assert updated and updated[-1]["evidence"]["reports"] == 2
+    run.tick(0.5)
+    cond = run.conditions[opened[0]["cell"]]
+    assert cond is not None and cond["incidents"] == [opened[0]["id"]]
+    for dev in ("v1", "v2", "v3", "v4"):
+        run.report(_vote(run, "r-1", dev, "not_there"))
+    cleared = [a for a in run.alerts if a["state"] == "cleared"]
+    assert cleared and cleared[0]["reason"] == "voted_down"
+
+
+def test_closure_needs_two_devices_and_closes_the_cell() -> None:
+    run = Run()
+    run.report(_report(run, "c-1", "u1", "closure"))
+    assert run.opened("closure") == []
+    run.report(_report(run, "c-2", "u2", "closure"))
+    (opened,) = run.opened("closure")
+    run.tick(0.5)
+    cond = run.conditions[opened["cell"]]
+    assert cond is not None and cond["level"] == 5 and cond["jam_factor"] == 10.0
+
+
+def test_report_lapses_after_its_lifetime() -> None:
+    run = Run()
+    run.report(_report(run, "h-1", "u1", "hazard"))
+    assert run.opened("hazard")
+    run.tick(3601.0)
+    assert [a["reason"] for a in run.alerts if a["state"] == "cleared"] == ["expired"]
+
+
+@pytest.mark.parametrize(
+    "rec",
+    [
+        {
+            "kind": "report",
+            "id": "r",
+            "device_id": "u",
+            "type": "crash",
+            "lat": "x",
+            "lon": 1,
+            "heading_deg": 0,
+            "ts": 1,
+        },
+        {
+            "kind": "report",
+            "id": "r",
+            "device_id": "u",
+            "type": "crash",
+            "lat": 95,
+            "lon": 1,
+            "heading_deg": 0,
+            "ts": 1,
+        },
+        {"kind": "vote", "report_id": 7, "device_id": "u", "vote": "not_there", "ts": 1},
+        {"kind": "nonsense"},
+        [1, 2, 3],
+    ],
+)
+def test_poison_report_records_are_refused_without_touching_state(rec: Any) -> None:
+    run = Run()
+    with pytest.raises(RecordProblem):
+        run.engine.on_report("871f1d489ffffff", rec, 0, run.now)
+    assert run.alerts == []
+
+
+@pytest.mark.parametrize(
+    "ping",
+    [
+        {"lat": 91.0},
+        {"lon": -200.0},
+        {"speed_mps": -1.0},
+        {"heading_deg": 400.0},
+        {"seq": "1"},
+    ],
+)
+def test_poison_ping_records_are_refused(ping: dict[str, Any]) -> None:
+    good = {"device_id": "d", "seq": 1, "ts": T0, "lat": LAT, "lon": LON, "speed_mps": 1.0, "heading_deg": 0.0}
+    with pytest.raises(RecordError):
+        decode_record(encode_record("k", [{**good, **ping}], T0))
+    assert decode_record(encode_record("k", [good], T0))[2] == [good]
+
+
+# -- a vehicle crossing a partition key boundary ------------------------------------
+def _boundary() -> tuple[tuple[float, float], tuple[float, float]]:
+    """Two points 30 m apart, driving east, whose res-7 keys differ."""
+    lat, lon = LAT, LON
+    key = geo.key_cell(lat, lon, 7, 9)
+    for _ in range(2000):
+        nxt = geo.destination(lat, lon, EAST, 30.0)
+        if geo.key_cell(*nxt, 7, 9) != key:
+            return (lat, lon), nxt
+        lat, lon = nxt
+    raise AssertionError("no boundary within 60 km")
+
+
+def test_vehicle_stalling_just_after_a_key_boundary_is_detected_in_the_new_partition() -> None:
+    """Its state before the boundary lives under the old key (another partition): the new one seeds afresh."""
+    before, after = _boundary()
+    run = Run()
+    run.feed([run.ping("v", *before, 12.0)], partition=1)
+    run.now += 3
+    for _ in range(24):
+        run.feed([run.ping("v", *after, 0.0)], partition=2)
+        traffic(run, 4, 12.0, *after, prefix=f"o{run.now}-")
+        run.now += 5
+        run.tick()
+    (opened,) = run.opened("stalled_vehicle")
+    assert geo.distance_m(opened["lat"], opened["lon"], *after) < 5
+    keys = {k.split("|")[0] for k in run.engine.devices.values if k.endswith("|v")}
+    assert keys == {geo.key_cell(*before, 7, 9), geo.key_cell(*after, 7, 9)}
+    assert run.engine.devices.partition_of[geo.key_cell(*before, 7, 9) + "|v"] == 1
+    # the stale state under the old key expires without an alert
+    for _ in range(70):
+        run.tick(5.0)
+    assert not any(k.endswith("|v") for k in run.engine.devices.values)
+    assert len(run.opened("stalled_vehicle")) == 1
