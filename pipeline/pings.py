@@ -187,4 +187,12 @@ def decode_record(raw: bytes | None) -> tuple[str, float, list[Ping]]:
             )
         ):
             raise RecordError("ping: missing or mistyped field")
+        # ranges too: an out-of-range position would make H3 raise inside the agent
+        if not (
+            -90.0 <= p["lat"] <= 90.0
+            and -180.0 <= p["lon"] <= 180.0
+            and 0.0 <= p["speed_mps"] <= MAX_SPEED_MPS
+            and 0.0 <= p["heading_deg"] <= 360.0
+        ):
+            raise RecordError("ping: field out of range")
     return str(doc.get("cell", "")), float(ingest_ts), pings
