@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 
@@ -11,6 +14,9 @@ from pipeline import geo
 from pipeline.engine import Engine, Output, RecordProblem, Tables
 from pipeline.pings import RecordError, decode_record, encode_record
 
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+ALERT = jsonschema.Draft7Validator(json.loads((SCHEMAS / "alert.schema.json").read_text()))
+CONDITION = jsonschema.Draft7Validator(json.loads((SCHEMAS / "condition.schema.json").read_text()))
 T0 = 1_700_000_000.0
 LAT, LON = 52.5200, 13.4050
 EAST = 90.0
@@ -63,9 +69,19 @@ class Run:
         return out
 
     def _collect(self, out: Output) -> None:
-        self.alerts += [orjson.loads(v) for _, v in out.alerts if v is not None]
+        """Keep what the engine published; every message must match its published schema."""
+        for k, v in out.alerts:
+            assert v is not None
+            alert = orjson.loads(v)
+            ALERT.validate(alert)
+            assert k.decode() == alert["cell"]
+            self.alerts.append(alert)
         for k, v in out.conditions:
-            self.conditions[k.decode()] = orjson.loads(v) if v is not None else None
+            cond = orjson.loads(v) if v is not None else None
+            if cond is not None:
+                CONDITION.validate(cond)
+                assert k.decode() == cond["cell"]
+            self.conditions[k.decode()] = cond
 
     def opened(self, type_: str) -> list[dict[str, Any]]:
         return [a for a in self.alerts if a["type"] == type_ and a["state"] == "opened"]
