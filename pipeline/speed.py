@@ -25,6 +25,7 @@ WINDOW_S = 300
 BIN_PER_MPS = 2  # 0.5 m/s histogram bins
 SEQ_WINDOW = 256  # reordering a device may show inside one cell and still be deduped
 DEVICE_TTL_S = WINDOW_S + 2 * BUCKET_S
+_HALF_SECTOR = geo.SECTOR_WIDTH / 2
 
 
 @dataclass
@@ -112,11 +113,16 @@ class CellSpeedWindow:
         sectors = self.buckets.get(start)
         if sectors is None:
             sectors = self.buckets[start] = {}
-        sec = geo.sector(heading)
+        sec = int(((heading + _HALF_SECTOR) % 360.0) // geo.SECTOR_WIDTH)  # geo.sector, inlined: hot path
         bucket = sectors.get(sec)
         if bucket is None:
             bucket = sectors[sec] = SectorBucket()
-        bucket.add(speed, device)
+        bucket.n += 1  # SectorBucket.add, inlined
+        bucket.total += speed
+        hist = bucket.hist
+        b = int(speed * BIN_PER_MPS)
+        hist[b] = hist.get(b, 0) + 1
+        bucket.devices.add(device)
         return True
 
     def expire(self, now: float) -> list[tuple[int, dict[int, SectorBucket]]]:

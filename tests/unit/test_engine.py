@@ -392,3 +392,24 @@ def test_vehicle_stalling_just_after_a_key_boundary_is_detected_in_the_new_parti
         run.tick(5.0)
     assert not any(k.endswith("|v") for k in run.engine.devices.values)
     assert len(run.opened("stalled_vehicle")) == 1
+
+
+def test_state_is_bounded_everything_expires_after_silence() -> None:
+    """Windows, devices, crash areas and report books all go (memory and tables) once quiet."""
+    run = Run()
+    _stall_scene(run, 12.0)
+    run.report(_report(run, "h-9", "u9", "hazard"))
+    assert run.tables.speed and run.tables.books and run.engine.devices.values
+    for _ in range(80):  # over 3 hours of silence: lifetime (1 h) + tombstone (1 h) are over
+        run.tick(150.0)
+    e = run.engine
+    # write-backs happen inside an event of the partition: one more record lets them run
+    run.feed([run.ping("late", 10.0, 10.0, 5.0)])
+    run.tick(400.0)
+    run.feed([run.ping("late", 10.0, 10.0, 5.0)])
+    far = geo.cell(10.0, 10.0, 9)
+    assert set(e.cells.values) <= {far}
+    assert {k.decode() for k in run.tables.speed} <= {far}
+    assert not run.tables.books and not e.books.values
+    assert not run.tables.areas and not run.tables.active
+    assert all(k.endswith("|late") for k in e.devices.values)
