@@ -1,0 +1,1 @@
+"""Read-only views of the output topics for analysts: filters and feed formats."""
