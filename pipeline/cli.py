@@ -156,8 +156,20 @@ def cmd_simulate(args: argparse.Namespace, s: Settings) -> int:
 
 def cmd_tail(args: argparse.Namespace, s: Settings) -> int:
     from pipeline import tail
+    from pipeline.feeds.bbox import parse_bbox
 
-    return asyncio.run(tail.follow(s, args.what, json_lines=args.json, from_beginning=args.from_beginning))
+    try:
+        if args.min_level and args.what != "conditions":
+            raise ValueError("--min-level: only conditions have a level")
+        flt = tail.Filter(
+            bbox=parse_bbox(args.bbox) if args.bbox else None,
+            cell=tail.parse_cell(args.cell, s.cell_resolution) if args.cell else None,
+            min_level=args.min_level,
+        )
+    except ValueError as exc:
+        print(f"traverz tail: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(tail.follow(s, args.what, json_lines=args.json, from_beginning=args.from_beginning, flt=flt))
 
 
 def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
@@ -212,8 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     ta = sub.add_parser("tail", help="follow conditions or alerts")
     ta.add_argument("what", choices=["conditions", "alerts"])
-    ta.add_argument("--json", action="store_true", help="JSON lines for piping")
-    ta.add_argument("--from-beginning", action="store_true")
+    ta.add_argument("--json", action="store_true", help="JSON lines for piping (a tombstone: value null)")
+    ta.add_argument("--from-beginning", action="store_true", help="replay what the topic holds, then follow")
+    where = ta.add_mutually_exclusive_group()
+    where.add_argument(
+        "--bbox",
+        default="",
+        help="S,W,N,E: cell centre (conditions) or alert position inside; write --bbox=… when S is negative",
+    )
+    where.add_argument("--cell", default="", help="H3 cell: that res-9 cell, or every res-9 cell inside a coarser one")
+    ta.add_argument("--min-level", type=int, default=0, choices=range(6), help="conditions at this level or above")
     ta.set_defaults(fn=cmd_tail)
 
     b = sub.add_parser("bench", help="benchmarks against a raw baseline in the same run")
