@@ -22,6 +22,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from pipeline.feeds import waze
+from pipeline.feeds.bbox import parse_bbox
 from pipeline.metrics import Registry
 from pipeline.push.hub import Client, Hub, subscription_cells
 from pipeline.settings import TOPIC_ALERTS, TOPIC_CONDITIONS, Settings
@@ -29,6 +31,9 @@ from pipeline.tokens import TokenError, TokenVerifier, bearer, parse_keys
 
 SEND_TIMEOUT_S = 10.0
 MAX_FRAME = 64 * 1024
+# Feed pollers get one rendering per second and bbox: the feed walks every jammed cell.
+FEED_CACHE_S = 1.0
+FEED_CACHE_MAX = 64
 
 
 def error_message(code: str, message: str) -> str:
@@ -68,6 +73,11 @@ class PushService:
             audience=settings.token_audience,
         )
         self.caught_up = asyncio.Event()
+        # For the Waze feed: the latest version of every open alert, and the latest condition
+        # of the cells at level >= 1 only (a feed lists jams, and free cells are most cells).
+        self.open_alerts: dict[str, dict[str, Any]] = {}
+        self.jammed: dict[str, dict[str, Any]] = {}
+        self._feed_cache: dict[str, tuple[float, bytes]] = {}
         m = self.metrics = Registry()
         m.gauge("traverz_push_connections", "connected drivers", lambda: float(len(self.hub.clients)))
         m.gauge("traverz_push_cells_known", "cells with a current condition", lambda: float(len(self.hub.conditions)))
@@ -117,11 +127,49 @@ class PushService:
             if topic == TOPIC_CONDITIONS:
                 if key is None:
                     return
-                self.hub.on_condition(key.decode(), orjson.loads(value) if value else None, live)
+                cell = key.decode()
+                cond = orjson.loads(value) if value else None
+                self.hub.on_condition(cell, cond, live)
+                self._track_condition(cell, cond)
             elif value is not None:
-                self.hub.on_alert(orjson.loads(value), live)
+                alert = orjson.loads(value)
+                self.hub.on_alert(alert, live)
+                self._track_alert(alert)
         except (ValueError, KeyError, TypeError):
             return  # a poison record in an output topic must not stop the push worker
+
+    def _track_condition(self, cell: str, cond: dict[str, Any] | None) -> None:
+        cur = self.hub.conditions.get(cell)
+        if cond is None or cur is None:
+            self.jammed.pop(cell, None)
+        elif cur[0] == int(cond["version"]):  # the hub took it: not an older, replayed state
+            if int(cond["level"]) >= 1:
+                self.jammed[cell] = cond
+            else:
+                self.jammed.pop(cell, None)
+
+    def _track_alert(self, alert: dict[str, Any]) -> None:
+        incident_id = str(alert["id"])
+        prev = self.open_alerts.get(incident_id)
+        if prev is not None and int(prev["version"]) >= int(alert["version"]):
+            return  # replayed or reordered version
+        if alert.get("state") in waze.OPEN_STATES:
+            self.open_alerts[incident_id] = alert
+        else:
+            self.open_alerts.pop(incident_id, None)
+
+    def waze_feed(self, bbox_text: str) -> bytes:
+        """The Waze feed (optionally inside ``bbox``), rendered at most once a second per bbox."""
+        now = time.time()
+        hit = self._feed_cache.get(bbox_text)
+        if hit is not None and now - hit[0] < FEED_CACHE_S:
+            return hit[1]
+        bbox = parse_bbox(bbox_text) if bbox_text else None
+        body = orjson.dumps(waze.feed(self.jammed.values(), self.open_alerts, now, bbox))
+        if len(self._feed_cache) >= FEED_CACHE_MAX:
+            self._feed_cache.clear()  # many distinct boxes: start over rather than grow
+        self._feed_cache[bbox_text] = (now, body)
+        return body
 
     async def stream(self, ws: WebSocket) -> None:
         token = ws.headers.get("authorization") or (
@@ -203,12 +251,23 @@ def build_app(settings: Settings) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    async def waze_feed(request: Request) -> Response:
+        if not svc.caught_up.is_set():
+            # before the topics are read the feed would claim an empty, jam-free city
+            return JSONResponse({"error": "not_ready"}, status_code=503, headers={"Retry-After": "1"})
+        try:
+            body = svc.waze_feed(request.query_params.get("bbox", ""))
+        except ValueError as exc:
+            return JSONResponse({"error": "bad_bbox", "message": str(exc)}, status_code=400)
+        return Response(body, media_type="application/json")
+
     app = Starlette(
         routes=[
             WebSocketRoute("/v1/stream", svc.stream),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            Route("/v1/feed/waze.json", waze_feed),
         ],
         lifespan=lifespan,
     )
