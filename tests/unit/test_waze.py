@@ -215,3 +215,42 @@ def test_bbox_across_the_antimeridian() -> None:
     box = parse_bbox("-20,170,-10,-170")
     assert box.contains(-15.0, 179.0) and box.contains(-15.0, -175.0)
     assert not box.contains(-15.0, 0.0)
+
+
+def test_push_worker_keeps_the_latest_open_alerts_and_jammed_cells() -> None:
+    from pipeline.push.app import PushService
+    from pipeline.settings import TOPIC_ALERTS, TOPIC_CONDITIONS, Settings
+
+    svc = PushService(Settings())
+    key = CELL.encode()
+    jam, free = _condition({2: 3.0}), _condition({2: 14.0})
+    free_older = {**free, "version": jam["version"] - 1}
+    free_newer = {**free, "version": jam["version"] + 1}
+    svc._apply(TOPIC_CONDITIONS, key, orjson.dumps(jam), live=True)
+    assert set(svc.jammed) == {CELL}
+    svc._apply(TOPIC_CONDITIONS, key, orjson.dumps(free_older), live=True)  # replayed: ignored
+    assert set(svc.jammed) == {CELL}
+    svc._apply(TOPIC_CONDITIONS, key, orjson.dumps(free_newer), live=True)
+    assert svc.jammed == {}
+    svc._apply(TOPIC_CONDITIONS, key, orjson.dumps({**jam, "version": jam["version"] + 2}), live=True)
+    svc._apply(TOPIC_CONDITIONS, key, None, live=True)  # tombstone
+    assert svc.jammed == {}
+
+    opened = _alert("crash", id="i-1")
+    svc._apply(TOPIC_ALERTS, key, orjson.dumps(opened), live=True)
+    assert set(svc.open_alerts) == {"i-1"}
+    cleared = {**_alert("crash", id="i-1", state="cleared"), "version": opened["version"] + 1}
+    svc._apply(TOPIC_ALERTS, key, orjson.dumps({**opened, "version": opened["version"] - 1}), live=True)
+    assert svc.open_alerts["i-1"]["version"] == opened["version"]
+    svc._apply(TOPIC_ALERTS, key, orjson.dumps(cleared), live=True)
+    assert svc.open_alerts == {}
+
+    svc._apply(TOPIC_ALERTS, key, orjson.dumps(opened), live=True)
+    svc._apply(TOPIC_CONDITIONS, key, orjson.dumps({**jam, "version": jam["version"] + 3}), live=True)
+    doc = orjson.loads(svc.waze_feed(f"{LAT - 0.01},{LON - 0.01},{LAT + 0.01},{LON + 0.01}"))
+    assert [j["uuid"] for j in doc["jams"]] == [f"{CELL}-2"]
+    # the fixture's expires_at is long past by the wall clock the service reads: a lapsed alert the
+    # worker did not clear (it may be down) is not in the feed
+    assert doc["alerts"] == []
+    with pytest.raises(ValueError, match="bbox"):
+        svc.waze_feed("1,2,3")
