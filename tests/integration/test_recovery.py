@@ -116,8 +116,14 @@ async def final_conditions_match(
 
 
 async def finish_and_check(
-    bootstrap: str, settings: Settings, progress: Progress, producer: AIOKafkaProducer, run: str,
-    cells: list[str], unique: list[dict[str, Any]], explain: str = "",
+    bootstrap: str,
+    settings: Settings,
+    progress: Progress,
+    producer: AIOKafkaProducer,
+    run: str,
+    cells: list[str],
+    unique: list[dict[str, Any]],
+    explain: str = "",
 ) -> None:
     """Let the worker drain, force a last publication per cell, and compare with the reference."""
     await wait_for(progress.all_caught_up, 120, "the worker to commit every record")
@@ -248,7 +254,11 @@ async def test_survivor_takes_over_a_killed_workers_partitions_with_their_state(
 
 
 async def changelog_vs_commits(
-    bootstrap: str, group: str, feed: pingfeed.Feed, offsets: list[tuple[int, int]], cells: list[str],
+    bootstrap: str,
+    group: str,
+    feed: pingfeed.Feed,
+    offsets: list[tuple[int, int]],
+    cells: list[str],
     partitions: int,
 ) -> str:
     """Diagnosis for a failure only: does the changelog hold what the dead worker committed?

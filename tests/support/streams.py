@@ -136,9 +136,7 @@ async def send_all(
     return [(md.partition, md.offset) for md in await asyncio.gather(*futs)]
 
 
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.2
-) -> None:
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.2) -> None:
     """Poll ``check`` until it holds; TimeoutError naming ``what`` otherwise."""
     deadline = time.monotonic() + timeout
     while True:
