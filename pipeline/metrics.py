@@ -28,6 +28,15 @@ class Counter:
         key = tuple(sorted(labels.items()))
         self.values[key] = self.values.get(key, 0.0) + amount
 
+    @staticmethod
+    def series(**labels: str) -> Labels:
+        """The key of one labelled series, for hot paths that increment it by ``inc_series``."""
+        return tuple(sorted(labels.items()))
+
+    def inc_series(self, series: Labels, amount: float = 1.0) -> None:
+        """``inc`` without building and sorting the labels on every call."""
+        self.values[series] = self.values.get(series, 0.0) + amount
+
     def get(self, **labels: str) -> float:
         return self.values.get(tuple(sorted(labels.items())), 0.0)
 

@@ -1,9 +1,14 @@
 """Pings: validation of what phones send, and the multi-ping Kafka record.
 
-A record on ``traverz.pings.v1`` is keyed by an H3 resolution-7 cell (~1.2 km
-edge): the res-7 parent of each ping's res-9 cell and carries up to 500 pings of that key:
-``{"v": 1, "cell", "ingest_ts", "pings": [...]}``. Several pings per record
-amortise the stream side's per-record cost (faust pays ~40 µs per record).
+A ping's Kafka key is an H3 resolution-7 cell (~1.2 km edge): the res-7 parent of
+its res-9 cell. A record on ``traverz.pings.v1`` carries up to 500 pings,
+``{"v": 1, "cell", "ingest_ts", "pings": [...]}``; several pings per record amortise
+the stream side's per-record cost (faust pays ~40 µs per record). The ingest proxy
+coalesces concurrent requests per Kafka *partition* (``pipeline.ingest.coalesce``):
+a record holds pings whose res-7 keys all hash (default murmur2 partitioner) to the
+record's partition, and its key — equal to ``cell`` — is one of those keys, so every
+ping sits in the partition of its own key. The pings need not share a cell:
+consumers must compute each ping's own cell from its lat/lon.
 
 Unknown fields in a ping are dropped, not refused, so older servers accept
 newer apps.
@@ -153,6 +158,7 @@ def group_by_key(pings: Iterable[Ping], key_res: int, cell_res: int = 9) -> dict
 
 
 def encode_record(key_cell: str, pings: list[Ping], ingest_ts: float) -> bytes:
+    """A record keyed by ``key_cell``: the key of one of ``pings``, whose keys share its partition."""
     return orjson.dumps({"v": RECORD_VERSION, "cell": key_cell, "ingest_ts": ingest_ts, "pings": pings})
 
 

@@ -4,6 +4,12 @@
 request. A client mistake is a 4xx with a machine-readable ``reason``; Kafka
 trouble is a 503 with ``Retry-After`` — never an acknowledgement of data Kafka
 did not take.
+
+``POST /v1/pings`` is nearly all of the traffic, so it is a plain ASGI handler
+(``IngestService.serve_pings``) that the ``FrontDoor`` calls before Starlette's
+middleware and router: per request those cost more than auth, validation and the
+Kafka hand-off together. Its pings go through the ``Coalescer``: concurrent requests
+share Kafka records and one acknowledgement. Every other route is Starlette's.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import gzip
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
 import orjson
@@ -22,10 +28,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from pipeline import geo, pings
-from pipeline.ingest.body import BodyError, check_content_type, inflate, parse_json, read_limited
+from pipeline.ingest.body import (
+    BodyError,
+    Disconnected,
+    check_content_type,
+    inflate,
+    parse_json,
+    read_limited,
+    receive_limited,
+)
+from pipeline.ingest.coalesce import Coalescer, KafkaUnavailable
 from pipeline.ingest.openapi import OPENAPI
 from pipeline.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, Registry
 from pipeline.ratelimit import TokenBuckets
@@ -35,7 +50,12 @@ from pipeline.tokens import DeviceIdentity, TokenError, TokenVerifier, bearer, p
 REPORT_TYPES = frozenset({"crash", "road_work", "stalled_vehicle", "hazard", "closure"})
 VOTES = frozenset({"still_there", "not_there"})
 MAX_TEXT = 280
+LINGER_S = 0.002  # how long a flush waits for more requests; under load it also waits for the previous ack
 
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 class Sink(Protocol):
     """Where accepted records go: Kafka in production, a list in unit tests."""
@@ -43,6 +63,10 @@ class Sink(Protocol):
     async def send_all(self, topic: str, records: list[tuple[bytes, bytes]], timeout: float) -> None: ...
 
     async def healthy(self) -> bool: ...
+
+    def partitions(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has now; None while that is not known."""
+        ...
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -62,22 +86,45 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def json_response(request: Request, status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
+def encode_json(doc: Any, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
+    """The body of a JSON answer and the headers that its encoding needs."""
     body = orjson.dumps(doc)
-    hdrs = dict(headers or {})
+    hdrs: dict[str, str] = {}
     if len(body) >= 512:  # smaller answers are not worth compressing
         hdrs["vary"] = "accept-encoding"
-        if accepts_gzip(request.headers.get("accept-encoding", "")):
+        if accepts_gzip(accept_encoding):
             body = gzip.compress(body, 5)
             hdrs["content-encoding"] = "gzip"
-    return Response(body, status_code=status, media_type="application/json", headers=hdrs)
+    return body, hdrs
+
+
+def retry_after(seconds: float) -> str:
+    return str(max(1, int(seconds + 0.999)))
+
+
+def json_response(request: Request, status: int, doc: Any, headers: dict[str, str] | None = None) -> Response:
+    body, hdrs = encode_json(doc, request.headers.get("accept-encoding", ""))
+    return Response(body, status_code=status, media_type="application/json", headers={**(headers or {}), **hdrs})
 
 
 def error(request: Request, status: int, reason: str, detail: str = "", **extra: Any) -> Response:
     headers = {}
     if "retry_after" in extra:
-        headers["retry-after"] = str(max(1, int(extra.pop("retry_after") + 0.999)))
+        headers["retry-after"] = retry_after(extra.pop("retry_after"))
     return json_response(request, status, {"error": reason, "detail": detail, **extra}, headers)
+
+
+_JSON_HEADERS = ((b"content-type", b"application/json"),)
+_WANTED = frozenset({b"authorization", b"content-type", b"content-length", b"content-encoding", b"accept-encoding"})
+
+
+def _first_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The request headers the pings route reads, first occurrence wins (as in Starlette's ``Headers.get``)."""
+    out: dict[bytes, str] = {}
+    for name, value in raw:
+        if name in _WANTED and name not in out:
+            out[name] = value.decode("latin-1")
+    return out
 
 
 class IngestService:
@@ -101,6 +148,16 @@ class IngestService:
             "traverz_ingest_produce_seconds", "time until Kafka acked a request", LATENCY_BUCKETS
         )
         self.batch_sizes = m.histogram("traverz_ingest_batch_pings", "pings per request", SIZE_BUCKETS)
+        self.coalescer = Coalescer(
+            lambda records, timeout: sink.send_all(TOPIC_PINGS, records, timeout),
+            lambda: sink.partitions(TOPIC_PINGS),
+            key_res=settings.key_resolution,
+            cell_res=settings.cell_resolution,
+            linger_s=LINGER_S,
+            timeout_s=settings.ingest_produce_timeout,
+            clock=clock,
+        )
+        self._status_series: dict[int, tuple[tuple[str, str], ...]] = {}
 
     # -- shared steps ---------------------------------------------------------
     def _auth(self, request: Request) -> DeviceIdentity:
@@ -138,21 +195,61 @@ class IngestService:
         self.requests.inc(route=route, status=str(resp.status_code))
         return resp
 
-    # -- routes -----------------------------------------------------------------
-    async def post_pings(self, request: Request, ident: DeviceIdentity) -> Response:
-        doc = await self._body(request)
+    # -- POST /v1/pings: plain ASGI ------------------------------------------------
+    async def serve_pings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """What ``guarded`` + a pings handler would do, without Request/Response objects."""
+        headers = _first_headers(scope["headers"])
+        extra: dict[str, str] = {}
+        try:
+            ident = self.verifier.verify(bearer(headers.get(b"authorization")), self.clock())
+        except TokenError as exc:
+            status, doc = 401, {"error": "unauthorized", "detail": str(exc)}
+        else:
+            wait = self.limits.take(ident.device_id, self.clock())
+            if wait > 0:
+                status, doc = 429, {"error": "rate_limited", "detail": "slow down"}
+                extra["retry-after"] = retry_after(wait)
+            else:
+                try:
+                    status, doc = await self._accept_pings(headers, receive, ident)
+                except BodyError as exc:
+                    status, doc = exc.status, {"error": exc.reason, "detail": exc.detail}
+                except (TimeoutError, KafkaUnavailable) as exc:
+                    status, doc = 503, {"error": "kafka_unavailable", "detail": str(exc) or "retry"}
+                    extra["retry-after"] = "1"
+                except Disconnected:
+                    return  # nobody left to answer
+        series = self._status_series.get(status)
+        if series is None:
+            series = self._status_series[status] = self.requests.series(route="pings", status=str(status))
+        self.requests.inc_series(series)
+        body, enc = encode_json(doc, headers.get(b"accept-encoding", ""))
+        out = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
+        for name, value in (*extra.items(), *enc.items()):
+            out.append((name.encode(), value.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _accept_pings(
+        self, headers: dict[bytes, str], receive: Receive, ident: DeviceIdentity
+    ) -> tuple[int, dict[str, Any]]:
+        check_content_type(headers.get(b"content-type"))
+        raw = await receive_limited(receive, headers.get(b"content-length"))
+        doc = parse_json(inflate(raw, headers.get(b"content-encoding")))
         items = doc if isinstance(doc, list) else [doc]
         if isinstance(doc, list) and not doc:
             raise BodyError(400, "empty_batch", "send at least one ping")
         if len(items) > pings.MAX_BATCH:
             raise BodyError(413, "batch_too_large", f"at most {pings.MAX_BATCH} pings per request")
         now = self.clock()
+        device_id = ident.device_id
+        validate = pings.validate_ping
         good: list[pings.Ping] = []
         bad: list[dict[str, Any]] = []
         for i, item in enumerate(items):
-            if isinstance(item, dict) and "device_id" in item and item["device_id"] != ident.device_id:
-                return error(request, 403, "forbidden", "a ping names another device", index=i)
-            result = pings.validate_ping(item, ident.device_id, now)
+            if type(item) is dict and "device_id" in item and item["device_id"] != device_id:
+                return 403, {"error": "forbidden", "detail": "a ping names another device", "index": i}
+            result = validate(item, device_id, now)
             if isinstance(result, str):
                 bad.append({"index": i, "reason": result})
                 self.rejected.inc(reason=result.split(":", 1)[0])
@@ -160,16 +257,14 @@ class IngestService:
                 good.append(result)
         self.batch_sizes.observe(len(items))
         if not good:
-            return json_response(request, 400, {"error": "invalid_pings", "accepted": 0, "rejected": bad})
-        ingest_ts = self.clock()
-        records = [
-            (key.encode(), pings.encode_record(key, chunk, ingest_ts))
-            for key, chunk in pings.group_by_key(good, self.s.key_resolution, self.s.cell_resolution).items()
-        ]
-        await self._produce(TOPIC_PINGS, records)
+            return 400, {"error": "invalid_pings", "accepted": 0, "rejected": bad}
+        t0 = time.perf_counter()
+        await self.coalescer.submit(good)
+        self.produce_latency.observe(time.perf_counter() - t0)
         self.accepted.inc(len(good))
-        return json_response(request, 202, {"accepted": len(good), "rejected": bad})
+        return 202, {"accepted": len(good), "rejected": bad}
 
+    # -- the other routes (Starlette) --------------------------------------------------
     async def post_report(self, request: Request, ident: DeviceIdentity) -> Response:
         doc = await self._body(request)
         if not isinstance(doc, dict):
@@ -218,10 +313,6 @@ class IngestService:
         }
         await self._produce(TOPIC_REPORTS, [(key.encode(), orjson.dumps(record))])
         return json_response(request, 202, {"report_id": report_id, "vote": doc["vote"]})
-
-
-class KafkaUnavailable(Exception):
-    """Kafka did not acknowledge in time."""
 
 
 def _num(v: Any) -> bool:
@@ -275,9 +366,10 @@ class KafkaSink:
     never recovers by itself; a new producer gets a new producer id and starts clean.
     """
 
-    def __init__(self, factory: Callable[[], Any], retry_delay: float = 0.5) -> None:
+    def __init__(self, factory: Callable[[], Any], retry_delay: float = 0.5, topics: tuple[str, ...] = ()) -> None:
         self._factory = factory
         self._retry_delay = retry_delay
+        self._topics = topics  # whose metadata to fetch on connecting: the first flush then groups by partition
         self.producer: Any = None
         self._connecting: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -321,6 +413,9 @@ class KafkaSink:
                 delay = min(delay * 2, 5.0)
                 continue
             self.producer = producer
+            for topic in self._topics:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.partitions_for(topic), 2.0)
             return
 
     def _retire(self, producer: Any, timeout: float) -> None:
@@ -363,6 +458,13 @@ class KafkaSink:
                 self._usable()  # replaces the producer if this was fatal
             raise KafkaUnavailable(type(exc).__name__) from exc
 
+    def partitions(self, topic: str) -> int | None:
+        producer = self.producer
+        if producer is None:
+            return None
+        known = producer.client.cluster.partitions_for_topic(topic)
+        return len(known) if known else None
+
     async def healthy(self) -> bool:
         try:
             producer = self._usable()
@@ -372,32 +474,71 @@ class KafkaSink:
             return False
 
 
-def build_app(settings: Settings, sink: Sink | None = None) -> Starlette:
+class PingsEndpoint:
+    """``POST /v1/pings`` as an ASGI app (a class, so Starlette's Route mounts it as one)."""
+
+    def __init__(self, holder: dict[str, IngestService]) -> None:
+        self.holder = holder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.holder["svc"].serve_pings(scope, receive, send)
+
+
+class FrontDoor:
+    """Hands ``POST /v1/pings`` to its handler directly, everything else to the Starlette app.
+
+    The same handler is mounted in the Starlette router too, so a request this shortcut does
+    not recognise (a ``root_path``, say) is still served the same way, just slower.
+    """
+
+    def __init__(self, app: Starlette, pings_endpoint: PingsEndpoint) -> None:
+        self.app = app
+        self.pings_endpoint = pings_endpoint
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return self.app.routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/v1/pings"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            await self.pings_endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def build_app(settings: Settings, sink: Sink | None = None) -> FrontDoor:
     """The ASGI app; without ``sink`` it owns a Kafka producer for its lifetime."""
     holder: dict[str, IngestService] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if sink is not None:
-            holder["svc"] = IngestService(settings, sink)
-            yield
+            service = holder["svc"] = IngestService(settings, sink)
+            try:
+                yield
+            finally:
+                await service.coalescer.drain()
             return
         from pipeline.kafka_io import durable_producer
 
-        # the proxy starts (and stays up, answering 503) while Kafka is away
-        kafka = KafkaSink(lambda: durable_producer(settings))
+        # the proxy starts (and stays up, answering 503) while Kafka is away; the coalescer
+        # already lingers, so the producer need not linger as well
+        kafka = KafkaSink(lambda: durable_producer(settings, linger_ms=0), topics=(TOPIC_PINGS,))
         await kafka.start(wait=3.0)
-        holder["svc"] = IngestService(settings, kafka)
+        service = holder["svc"] = IngestService(settings, kafka)
         try:
             yield
         finally:
+            await service.coalescer.drain()
             await kafka.stop()
 
     def svc() -> IngestService:
         return holder["svc"]
-
-    async def pings_route(request: Request) -> Response:
-        return await svc().guarded(request, "pings", svc().post_pings)
 
     async def reports_route(request: Request) -> Response:
         return await svc().guarded(request, "reports", svc().post_report)
@@ -424,10 +565,11 @@ def build_app(settings: Settings, sink: Sink | None = None) -> Starlette:
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return json_response(request, exc.status_code, {"error": reason, "detail": exc.detail}, dict(exc.headers or {}))
 
-    return Starlette(
+    pings_endpoint = PingsEndpoint(holder)
+    app = Starlette(
         exception_handlers={HTTPException: http_error},
         routes=[
-            Route("/v1/pings", pings_route, methods=["POST"]),
+            Route("/v1/pings", pings_endpoint, methods=["POST"]),
             Route("/v1/reports", reports_route, methods=["POST"]),
             Route("/v1/reports/{report_id}/votes", votes_route, methods=["POST"]),
             Route("/healthz", healthz),
@@ -437,3 +579,4 @@ def build_app(settings: Settings, sink: Sink | None = None) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    return FrontDoor(app, pings_endpoint)

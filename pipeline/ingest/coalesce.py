@@ -1,83 +1,215 @@
-"""Several requests' pings of one key into one Kafka record, within a short linger.
+"""The pings of concurrent requests, within a short linger, into few Kafka records per partition.
 
-Phones in live mode post one ping per request; one record per request would
-make the stream side pay faust's per-record cost per ping and the producer pay
-its per-record cost per request. Requests arriving within ``linger_s`` share a
-flush: their pings are grouped per key into records of at most ``max_pings``,
-produced together, and every request waits for the acknowledgement of the
-whole flush — 202 still means Kafka holds the request's pings.
+Phones in live mode post one ping per request; one record per request would make
+the stream side pay faust's per-record cost per ping and the producer (and the
+broker) pay their per-record and per-request costs per HTTP request. Requests
+arriving within ``linger_s`` share a flush: their pings are grouped by the Kafka
+*partition* their key lands on, put into records of at most ``max_pings``, produced
+together, and every request waits for the acknowledgement of the whole flush — 202
+still means Kafka holds the request's pings, and a failed flush fails every request
+in it.
+
+Grouping per partition rather than per key: a city has hundreds of res-7 keys but a
+topic has a handful of partitions, so per-key records would stay small. A record's
+key is one of its pings' keys, so the default partitioner puts it on the partition
+all of its pings' keys hash to — the partition each ping would have had alone. The
+stream side therefore sees every ping in the partition of its own key (and computes
+each ping's cell itself; the record's ``cell`` names only one of them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
-from pipeline import pings
+from aiokafka.partitioner import murmur2
 
-Send = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]
+from pipeline import geo, pings
+
+Send = Callable[[list[tuple[bytes, bytes]], float], Awaitable[None]]
+
+_PARTITION_CACHE_MAX = 200_000  # res-7 keys ever seen by one proxy: a country has ~10^5
+
+
+class KafkaUnavailable(Exception):
+    """Kafka did not acknowledge in time (or the proxy is shutting down before it could)."""
+
+
+_partition_cache: dict[tuple[str, int], int] = {}
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java's and aiokafka's) picks for ``key``.
+
+    murmur2 in pure Python costs ~4 µs; keys repeat (a city is a few hundred res-7 cells),
+    so the answer is cached.
+    """
+    hit = _partition_cache.get((key, partitions))
+    if hit is None:
+        if len(_partition_cache) >= _PARTITION_CACHE_MAX:
+            _partition_cache.clear()
+        hit = _partition_cache[(key, partitions)] = (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return hit
+
+
+def group_by_partition(
+    batch: list[pings.Ping],
+    partitions: int | None,
+    key_res: int = 7,
+    cell_res: int = 9,
+    max_pings: int = pings.MAX_BATCH,
+) -> list[tuple[str, list[pings.Ping]]]:
+    """``(record key, pings)`` pairs: the pings of one partition in records of at most ``max_pings``.
+
+    Each ping's key is ``geo.key_cell`` (the ``key_res`` parent of its ``cell_res`` cell); the
+    record key is the key of the record's first ping, so every ping of the record has a key
+    hashing to the record's partition. With ``partitions`` unknown (None or 0: no metadata
+    yet), pings are grouped per key, as the stream side needs at the least. Arrival order is
+    kept within a partition.
+    """
+    key_cell = geo.key_cell
+    if not partitions:
+        by_key: dict[str, list[pings.Ping]] = {}
+        for p in batch:
+            k = key_cell(p["lat"], p["lon"], key_res, cell_res)
+            group = by_key.get(k)
+            if group is None:
+                by_key[k] = [p]
+            else:
+                group.append(p)
+        return [(k, chunk[i : i + max_pings]) for k, chunk in by_key.items() for i in range(0, len(chunk), max_pings)]
+    # one pass in arrival order, so a device's pings of one partition stay in the order it sent them
+    by_part: dict[int, tuple[list[str], list[pings.Ping]]] = {}
+    cache = _partition_cache
+    for p in batch:
+        k = key_cell(p["lat"], p["lon"], key_res, cell_res)
+        part = cache.get((k, partitions))
+        if part is None:
+            part = partition_of(k, partitions)
+        slot = by_part.get(part)
+        if slot is None:
+            by_part[part] = ([k], [p])
+        else:
+            slot[0].append(k)
+            slot[1].append(p)
+    return [
+        (keys[i], chunk[i : i + max_pings])  # keyed by its first ping: one of its own keys
+        for keys, chunk in by_part.values()
+        for i in range(0, len(chunk), max_pings)
+    ]
 
 
 class Coalescer:
+    """Collects validated pings from concurrent requests and produces them per flush.
+
+    ``send(records, timeout)`` produces ``(key, value)`` records and raises when Kafka did not
+    take them all within ``timeout`` seconds; ``partitions`` says how many partitions the topic
+    has now (None when the producer has no metadata for it). A request hears its answer at
+    most ``timeout_s`` after the first request of its flush arrived (plus scheduling delays):
+    waiting behind a slow flush eats into its own flush's timeout.
+    """
+
     def __init__(
         self,
         send: Send,
-        linger_s: float = 0.004,
+        partitions: Callable[[], int | None] = lambda: None,
+        *,
+        key_res: int = 7,
+        cell_res: int = 9,
+        linger_s: float = 0.003,
+        timeout_s: float = 0.9,
         max_pings: int = pings.MAX_BATCH,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.send = send
+        self.partitions = partitions
+        self.key_res, self.cell_res = key_res, cell_res
         self.linger_s = linger_s
+        self.timeout_s = timeout_s
         self.max_pings = max_pings
         self.clock = clock
-        self._pending: dict[str, list[pings.Ping]] = {}
+        self._pending: list[pings.Ping] = []
         self._done: asyncio.Future[None] | None = None
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._deadline = 0.0  # loop time by which the pending requests must have their answer
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = False  # the linger is over but the previous flush is still in flight
+        self._flushing: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.flushes = 0
         self.records = 0
 
-    def submit(self, groups: dict[str, list[pings.Ping]]) -> asyncio.Future[None]:
-        """Queue pings (already grouped by key); the future resolves when Kafka acked them."""
-        if self._done is None:
+    def submit(self, batch: list[pings.Ping]) -> asyncio.Future[None]:
+        """Queue validated pings; the future resolves when Kafka acked them (or fails with why not).
+
+        The future is shared by every request of the flush: awaiting it is all a request does.
+        """
+        done = self._done
+        if done is None:
             loop = asyncio.get_running_loop()
-            self._done = loop.create_future()
-            loop.call_later(self.linger_s, self._flush)
-        pending = self._pending
-        for key, chunk in groups.items():
-            cur = pending.get(key)
-            if cur is None:
-                pending[key] = list(chunk)
-            else:
-                cur.extend(chunk)
-        return self._done
+            done = self._done = loop.create_future()
+            self._deadline = loop.time() + self.timeout_s
+            self._handle = loop.call_later(self.linger_s, self._linger_over)
+        self._pending.extend(batch)
+        return done
+
+    def _linger_over(self) -> None:
+        self._handle = None
+        if self._flushing is None:
+            self._flush()
+        else:
+            # The producer sends one request per broker at a time anyway: a second flush now
+            # would only queue behind the first as more, smaller records. Instead this one
+            # goes the moment the first is acknowledged, with whatever arrived meanwhile.
+            self._due = True
 
     def _flush(self) -> None:
-        groups, done = self._pending, self._done
-        self._pending, self._done = {}, None
+        batch, done = self._pending, self._done
+        self._pending, self._done, self._due = [], None, False
         if done is None:
             return
-        task = asyncio.ensure_future(self._produce(groups, done))
+        task = asyncio.get_running_loop().create_task(self._produce(batch, done, self._deadline))
+        self._flushing = task
         self._tasks.add(task)  # keep a reference until done (the loop holds only weak ones)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._flushed)
 
-    async def _produce(self, groups: dict[str, list[pings.Ping]], done: asyncio.Future[None]) -> None:
-        import time
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._flushing is task:
+            self._flushing = None
+            if self._due:
+                self._flush()
 
-        now = self.clock() if self.clock else time.time()
-        records = [
-            (key.encode(), pings.encode_record(key, chunk[i : i + self.max_pings], now))
-            for key, chunk in groups.items()
-            for i in range(0, len(chunk), self.max_pings)
-        ]
-        self.flushes += 1
-        self.records += len(records)
+    async def _produce(self, batch: list[pings.Ping], done: asyncio.Future[None], deadline: float) -> None:
         try:
-            await self.send(records)
-        except BaseException as exc:  # every waiting request must hear of it
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:  # spent waiting behind a flush that took its whole timeout
+                raise KafkaUnavailable("Kafka did not acknowledge in time")
+            groups = group_by_partition(batch, self.partitions(), self.key_res, self.cell_res, self.max_pings)
+            now = self.clock()
+            records = [(key.encode(), pings.encode_record(key, chunk, now)) for key, chunk in groups]
+            self.flushes += 1
+            self.records += len(records)
+            await self.send(records, left)
+        except asyncio.CancelledError:
+            # shutting down mid-flush: the requests hear "unavailable", never a cancellation of their own
+            if not done.done():
+                done.set_exception(KafkaUnavailable("shutting down"))
+            raise
+        except Exception as exc:  # every waiting request must hear of it
             if not done.done():
                 done.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
             return
         if not done.done():
             done.set_result(None)
+
+    async def drain(self) -> None:
+        """Flush what is waiting now and wait for every flush in progress (at shutdown)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        while self._tasks or self._done is not None:
+            if self._flushing is None:
+                self._flush()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))

@@ -22,6 +22,7 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline import geo, kafka_io, kafka_local, tokens
 from pipeline.ingest.app import build_app
@@ -68,6 +69,11 @@ def key_of(lat: float, lon: float) -> str:
     return geo.key_cell(lat, lon, KEY_RES, CELL_RES)
 
 
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for a key (aiokafka's twin of Java's)."""
+    return int(DefaultPartitioner()(key.encode(), list(range(partitions)), list(range(partitions))))
+
+
 def auth(settings: Settings, dev: str, ttl: int = 3600) -> dict[str, str]:
     return {"authorization": f"Bearer {token_for(settings, dev, ttl)}"}
 
@@ -112,8 +118,13 @@ async def records_since(bootstrap: str, since: dict[TopicPartition, int], timeou
 
 
 async def pings_since(bootstrap: str, since: dict[TopicPartition, int], devices: Iterable[str]) -> list[dict[str, Any]]:
-    """The pings of ``devices`` on the pings topic after ``since``; each checked against its record."""
+    """The pings of ``devices`` on the pings topic after ``since``; each checked against its record.
+
+    A record holds pings whose keys all hash to the record's partition, and is keyed by one of
+    them: every ping is in the partition of its own key, as if it had been sent alone.
+    """
     wanted = set(devices)
+    partitions = len(since)
     found: list[dict[str, Any]] = []
     for rec in await records_since(bootstrap, since):
         doc = orjson.loads(rec.value)
@@ -122,8 +133,9 @@ async def pings_since(bootstrap: str, since: dict[TopicPartition, int], devices:
             continue
         key = rec.key.decode()
         assert doc["v"] == 1 and doc["cell"] == key and isinstance(doc["ingest_ts"], float)
-        for p in doc["pings"]:
-            assert key_of(p["lat"], p["lon"]) == key, "a ping under another cell's key"
+        keys = {key_of(p["lat"], p["lon"]) for p in doc["pings"]}
+        assert key in keys, "a record keyed by a cell none of its pings is in"
+        assert {partition_of(k, partitions) for k in keys} == {rec.partition}, "a ping outside its key's partition"
         found.extend(mine)
     return found
 
@@ -312,18 +324,20 @@ async def test_mixed_batch_accepts_the_good_lists_the_bad_and_only_the_good_reac
     by_seq = {p["seq"]: p for p in found}
     assert by_seq[3]["state"] == "stopped" and "future_field" not in by_seq[3]
     assert {k for k in by_seq[1]} == {"device_id", "seq", "ts", "lat", "lon", "speed_mps", "heading_deg", "accuracy_m"}
-    # pings of one request and one key travel as one record
+    # pings of one request and one partition travel as one record, in the order sent, on the
+    # partition of their keys (pings_since checked that); the edge ping counts under its parent key
     recs = [
-        (r.key.decode(), orjson.loads(r.value))
+        (r.partition, orjson.loads(r.value))
         for r in await records_since(cfg.bootstrap, mark)
         if any(p["device_id"] == dev for p in orjson.loads(r.value)["pings"])
     ]
-    expected: dict[str, list[int]] = {}
+    expected: dict[int, list[int]] = {}
     for p in batch:
         if p["seq"] in (1, 3, 5, 7, 8):
-            expected.setdefault(key_of(p["lat"], p["lon"]), []).append(p["seq"])
-    assert {key: [p["seq"] for p in rec["pings"]] for key, rec in recs} == expected
-    assert len(recs) == len(expected) and geo.cell(*edge, KEY_RES) not in expected
+            expected.setdefault(partition_of(key_of(p["lat"], p["lon"]), len(mark)), []).append(p["seq"])
+    assert {part: [p["seq"] for p in rec["pings"]] for part, rec in recs} == expected
+    assert len(recs) == len(expected)
+    assert geo.cell(*edge, KEY_RES) != key_of(*edge)
 
 
 async def test_each_out_of_range_value_is_rejected_with_its_reason(
@@ -548,6 +562,34 @@ async def test_a_retried_batch_is_accepted_again_with_the_same_ids(
     assert sorted((p["device_id"], p["seq"]) for p in found) == [(dev, 7), (dev, 7), (dev, 8), (dev, 8)]
     first, second = ([p for p in found if p["seq"] == s] for s in (7, 8))
     assert first[0] == first[1] and second[0] == second[1]
+
+
+async def test_concurrent_requests_share_records_and_each_ping_lands_on_its_keys_partition(
+    http: httpx.AsyncClient, cfg: Settings, mark: dict[TopicPartition, int]
+) -> None:
+    """Single-ping requests from many devices at once are coalesced: fewer records than requests,
+    every accepted ping in Kafka exactly once, on the partition its own key hashes to."""
+    devs = [device(f"coalesce{i}") for i in range(200)]
+    spots = [spot() for _ in devs]
+    assert len({key_of(*s) for s in spots}) > 1
+    headers = {d: auth(cfg, d) for d in devs}
+
+    async def post(i: int) -> int:
+        r = await http.post("/v1/pings", json=ping(1, *spots[i]), headers=headers[devs[i]])
+        return r.status_code
+
+    assert await asyncio.gather(*(post(i) for i in range(len(devs)))) == [202] * len(devs)
+    found = await pings_since(cfg.bootstrap, mark, devs)  # checks each ping's partition
+    assert sorted((p["device_id"], p["seq"]) for p in found) == sorted((d, 1) for d in devs)
+    by_dev = {p["device_id"]: p for p in found}
+    assert all((by_dev[d]["lat"], by_dev[d]["lon"]) == spots[i] for i, d in enumerate(devs))
+    wanted = set(devs)
+    records = [
+        rec
+        for rec in await records_since(cfg.bootstrap, mark)
+        if any(p["device_id"] in wanted for p in orjson.loads(rec.value)["pings"])
+    ]
+    assert len(records) < len(devs) / 4, len(records)
 
 
 # -- encodings ------------------------------------------------------------------------------------

@@ -1,64 +1,207 @@
-"""The cross-request coalescer: fewer, larger records; every request hears of its ack or failure."""
+"""The cross-request coalescer: fewer, larger records per partition; every request hears of its ack or failure."""
 
 from __future__ import annotations
 
 import asyncio
+import random
+from typing import Any
 
 import orjson
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
-from pipeline.ingest.coalesce import Coalescer
+from pipeline import geo
+from pipeline.ingest.coalesce import Coalescer, KafkaUnavailable, Send, group_by_partition, partition_of
+
+PARTITIONS = 8
+BERLIN = (52.52, 13.405)
 
 
-def ping(dev: str, seq: int) -> dict[str, object]:
-    return {"device_id": dev, "seq": seq, "ts": 1.0, "lat": 52.5, "lon": 13.4, "speed_mps": 1.0,
+def ping(dev: str, seq: int, lat: float = 52.5, lon: float = 13.4) -> dict[str, Any]:
+    return {"device_id": dev, "seq": seq, "ts": 1.0, "lat": lat, "lon": lon, "speed_mps": 1.0,
             "heading_deg": 0.0, "accuracy_m": 1.0}
 
 
-async def test_requests_within_linger_share_one_record_per_key() -> None:
-    sent: list[list[tuple[bytes, bytes]]] = []
+def spread(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    """Pings of ``n`` devices over ~20 km × 20 km: hundreds of res-7 keys over every partition."""
+    rng = random.Random(seed)
+    return [ping(f"d{i}", i, BERLIN[0] + rng.uniform(-0.1, 0.1), BERLIN[1] + rng.uniform(-0.15, 0.15))
+            for i in range(n)]
 
-    async def send(records: list[tuple[bytes, bytes]]) -> None:
+
+def kafka_partition(key: str, n: int = PARTITIONS) -> int:
+    """Where aiokafka's default partitioner (the Java one's twin) puts a record with this key."""
+    return int(DefaultPartitioner()(key.encode(), list(range(n)), list(range(n))))
+
+
+def key(p: dict[str, Any]) -> str:
+    return geo.key_cell(p["lat"], p["lon"], 7, 9)
+
+
+# -- partition grouping (pure) ---------------------------------------------------------------
+def test_partition_of_is_the_default_partitioners_choice() -> None:
+    keys = {key(p) for p in spread(2000)}
+    assert len(keys) > 100
+    for n in (1, 3, 8, 12, 64):
+        assert all(partition_of(k, n) == kafka_partition(k, n) for k in keys)
+
+
+def test_a_record_holds_only_pings_whose_keys_hash_to_its_partition() -> None:
+    batch = spread(3000)
+    groups = group_by_partition(batch, PARTITIONS)
+    for record_key, pings in groups:
+        part = kafka_partition(record_key)
+        assert record_key in {key(p) for p in pings}  # the key is one of its pings' keys
+        assert {kafka_partition(key(p)) for p in pings} == {part}
+    # as few records as the 500-ping cap allows, every ping exactly once, in arrival order
+    per_part: dict[int, int] = {}
+    for p in batch:
+        per_part[kafka_partition(key(p))] = per_part.get(kafka_partition(key(p)), 0) + 1
+    assert len(per_part) == PARTITIONS and max(per_part.values()) > 500  # some partition needs two records
+    assert sorted(kafka_partition(k) for k, _ in groups) == sorted(
+        part for part, n in per_part.items() for _ in range(-(-n // 500))
+    )
+    assert sorted(p["seq"] for _, ps in groups for p in ps) == list(range(3000))
+    for _, ps in groups:
+        assert [p["seq"] for p in ps] == sorted(p["seq"] for p in ps)
+
+
+def test_records_are_capped_and_each_is_keyed_by_one_of_its_own_pings() -> None:
+    batch = spread(1200, seed=2)
+    groups = group_by_partition(batch, 2, max_pings=50)
+    assert all(1 <= len(ps) <= 50 for _, ps in groups)
+    for record_key, ps in groups:
+        assert record_key == key(ps[0])
+        assert {kafka_partition(key(p), 2) for p in ps} == {kafka_partition(record_key, 2)}
+    assert sorted(p["seq"] for _, ps in groups for p in ps) == list(range(1200))
+    per_part: dict[int, int] = {}
+    for k, _ in groups:
+        per_part[kafka_partition(k, 2)] = per_part.get(kafka_partition(k, 2), 0) + 1
+    assert per_part == {p: -(-sum(1 for q in batch if kafka_partition(key(q), 2) == p) // 50) for p in (0, 1)}
+
+
+@pytest.mark.parametrize("partitions", [None, 0])
+def test_without_a_partition_count_pings_are_grouped_per_key(partitions: int | None) -> None:
+    batch = spread(500, seed=3)
+    groups = group_by_partition(batch, partitions, max_pings=7)
+    for record_key, ps in groups:
+        assert {key(p) for p in ps} == {record_key} and len(ps) <= 7
+    assert sorted(p["seq"] for _, ps in groups for p in ps) == list(range(500))
+
+
+def test_the_key_is_the_res7_parent_of_the_res9_cell() -> None:
+    # a spot whose res-7 cell is not the parent of its res-9 cell
+    lats = (52.5 + i * 1e-4 for i in range(20_000))
+    lat = next(la for la in lats if geo.cell(la, 13.4, 7) != geo.key_cell(la, 13.4, 7, 9))
+    ((record_key, _),) = group_by_partition([ping("d", 1, lat, 13.4)], PARTITIONS)
+    assert record_key == geo.key_cell(lat, 13.4, 7, 9)
+
+
+# -- the coalescer --------------------------------------------------------------------------
+Sent = list[list[tuple[bytes, bytes]]]
+
+
+def recorder(sent: Sent, fail: int = 0, delay: float = 0.0) -> Send:
+    calls = 0
+
+    async def send(records: list[tuple[bytes, bytes]], timeout: float) -> None:
+        nonlocal calls
+        calls += 1
+        assert timeout > 0
         sent.append(records)
+        await asyncio.sleep(delay)
+        if calls <= fail:
+            raise ConnectionError("broker gone")
 
-    c = Coalescer(send, linger_s=0.01)
-    futs = [c.submit({"k1": [ping(f"d{i}", 1)]}) for i in range(20)]
-    futs.append(c.submit({"k2": [ping("x", 1)]}))
+    return send
+
+
+async def test_requests_within_linger_share_one_record_per_partition() -> None:
+    sent: Sent = []
+    c = Coalescer(recorder(sent), lambda: PARTITIONS, linger_s=0.01)
+    batch = spread(200, seed=4)
+    futs = [c.submit([p]) for p in batch]  # 200 single-ping requests
+    assert len({id(f) for f in futs}) == 1  # one flush, one acknowledgement for all
     await asyncio.gather(*futs)
-    assert len(sent) == 1
-    by_key = {k.decode(): orjson.loads(v) for k, v in sent[0]}
-    assert set(by_key) == {"k1", "k2"}
-    assert len(by_key["k1"]["pings"]) == 20
-    assert {p["device_id"] for p in by_key["k1"]["pings"]} == {f"d{i}" for i in range(20)}
+    assert len(sent) == 1 and c.flushes == 1
+    records = [(k.decode(), orjson.loads(v)) for k, v in sent[0]]
+    assert len(records) == PARTITIONS
+    for record_key, doc in records:
+        assert doc["v"] == 1 and doc["cell"] == record_key and isinstance(doc["ingest_ts"], float)
+        assert {kafka_partition(key(p)) for p in doc["pings"]} == {kafka_partition(record_key)}
+    assert sorted(p["device_id"] for _, d in records for p in d["pings"]) == sorted(f"d{i}" for i in range(200))
 
 
 async def test_records_are_capped_at_max_pings() -> None:
-    sent: list[tuple[bytes, bytes]] = []
-
-    async def send(records: list[tuple[bytes, bytes]]) -> None:
-        sent.extend(records)
-
-    c = Coalescer(send, linger_s=0.001, max_pings=7)
-    await c.submit({"k": [ping("d", i) for i in range(20)]})
-    sizes = [len(orjson.loads(v)["pings"]) for _, v in sent]
+    sent: Sent = []
+    c = Coalescer(recorder(sent), linger_s=0.001, max_pings=7)
+    await c.submit([ping("d", i) for i in range(20)])
+    sizes = [len(orjson.loads(v)["pings"]) for records in sent for _, v in records]
     assert sizes == [7, 7, 6]
-    seqs = [p["seq"] for _, v in sent for p in orjson.loads(v)["pings"]]
+    seqs = [p["seq"] for records in sent for _, v in records for p in orjson.loads(v)["pings"]]
     assert seqs == list(range(20))
 
 
 async def test_a_failed_flush_fails_every_request_in_it_and_the_next_flush_is_fresh() -> None:
-    calls = 0
-
-    async def send(records: list[tuple[bytes, bytes]]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise ConnectionError("broker gone")
-
-    c = Coalescer(send, linger_s=0.001)
-    a, b = c.submit({"k": [ping("a", 1)]}), c.submit({"k": [ping("b", 1)]})
+    sent: Sent = []
+    c = Coalescer(recorder(sent, fail=1), linger_s=0.001)
+    a, b = c.submit([ping("a", 1)]), c.submit([ping("b", 1)])
     for fut in (a, b):
         with pytest.raises(ConnectionError):
             await fut
-    await c.submit({"k": [ping("c", 1)]})  # a new window, a new flush that succeeds
-    assert calls == 2
+    await c.submit([ping("c", 1)])  # a new window, a new flush that succeeds
+    assert len(sent) == 2
+
+
+async def test_one_flush_in_flight_the_next_goes_when_it_is_acked_with_all_that_came_meanwhile() -> None:
+    sent: Sent = []
+    c = Coalescer(recorder(sent, delay=0.05), linger_s=0.001)
+    first = c.submit([ping("a", 1)])
+    await asyncio.sleep(0.01)  # the first flush is in flight now
+    later = [c.submit([ping("b", i)]) for i in range(3)]
+    await asyncio.sleep(0.01)
+    later += [c.submit([ping("c", i)]) for i in range(3)]
+    assert len(sent) == 1  # the linger of the second is over, but it waits for the first ack
+    await first
+    await asyncio.gather(*later)
+    assert len(sent) == 2
+    assert len(orjson.loads(sent[1][0][1])["pings"]) == 6
+
+
+async def test_waiting_behind_a_slow_flush_counts_against_the_timeout() -> None:
+    sent: Sent = []
+    c = Coalescer(recorder(sent, delay=0.3), linger_s=0.001, timeout_s=0.2)
+    loop = asyncio.get_running_loop()
+    first = c.submit([ping("a", 1)])
+    await asyncio.sleep(0.01)
+    t0 = loop.time()
+    second = c.submit([ping("b", 1)])
+    await first  # the fake send ignores its timeout; the real one raises at it
+    with pytest.raises(KafkaUnavailable):
+        await second
+    assert loop.time() - t0 < 0.35
+    assert len(sent) == 1  # never sent: its time was up before its turn
+
+
+async def test_drain_flushes_what_waits_and_waits_for_acks() -> None:
+    sent: Sent = []
+    c = Coalescer(recorder(sent, delay=0.02), linger_s=10.0)
+    fut = c.submit([ping("a", 1)])
+    await c.drain()
+    assert fut.done() and fut.exception() is None and len(sent) == 1
+
+
+async def test_a_cancelled_flush_tells_its_requests_kafka_is_unavailable() -> None:
+    started = asyncio.Event()
+
+    async def send(records: list[tuple[bytes, bytes]], timeout: float) -> None:
+        started.set()
+        await asyncio.sleep(10)
+
+    c = Coalescer(send, linger_s=0.001)
+    fut = c.submit([ping("a", 1)])
+    await started.wait()
+    for task in list(c._tasks):
+        task.cancel()
+    with pytest.raises(KafkaUnavailable):
+        await fut
