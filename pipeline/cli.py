@@ -177,6 +177,15 @@ def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
         from pipeline.bench import ingest
 
         return ingest.main(s, seconds=args.seconds, rounds=args.rounds, connections=args.connections)
+    if args.what == "stream":
+        from pipeline.bench import stream
+
+        plan = stream.Plan.quick() if args.quick else stream.Plan(rounds=args.rounds)
+        for name in ("pings", "devices", "rate", "latency_seconds", "table_keys"):
+            value = getattr(args, name)
+            if value is not None:
+                setattr(plan, "latency_s" if name == "latency_seconds" else name, value)
+        return stream.main(s, plan)
     print(f"traverz bench {args.what}: not built yet", file=sys.stderr)
     return 2
 
@@ -241,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     b.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     b.add_argument("--connections", type=int, default=64)
+    b.add_argument("--quick", action="store_true", help="stream: small sizes, one round (~2 min)")
+    b.add_argument("--pings", type=int, default=None, help="stream: pings pre-produced (default 2,000,000)")
+    b.add_argument("--devices", type=int, default=None, help="stream: simulated devices (default 50,000)")
+    b.add_argument("--rate", type=float, default=None, help="stream: pings/s in the latency phase (default 20,000)")
+    b.add_argument("--latency-seconds", type=float, default=None, help="stream: latency phase length (default 30)")
+    b.add_argument("--table-keys", type=int, default=None, help="stream: table keys before restarts (default 1M)")
     b.set_defaults(fn=cmd_bench)
 
     d = sub.add_parser("demo", help="broker, topics, ingest, worker, push and simulated drivers")
