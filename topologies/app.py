@@ -121,50 +121,68 @@ async def ship(out: Output) -> None:
 
 
 class Held:
-    """Records processed but not yet acknowledged, per partition, until their state is written.
+    """Records processed but not yet acknowledged, until the state they changed is in Kafka.
 
     Writing every touched cell back per record would cost a changelog record
-    per ping (a busy cell is touched by nearly every record). Instead each
-    partition's changed state is written at most every :data:`FLUSH_S`, and
-    only then are that partition's records acknowledged — so faust, which
-    flushes the producer before it commits, never commits an offset whose
-    effect is not in the changelog. A crash replays the unacknowledged
-    records; the per-device seq dedupe makes them count once.
+    per ping (a busy cell is touched by nearly every record). Instead the
+    changed state of every partition is written at most every
+    :data:`FLUSH_S` (or once a partition holds :data:`MAX_HELD` records);
+    the changelog records are then awaited until the broker acknowledged them,
+    and only then are the records that led to them acknowledged — in offset
+    order. Faust's own pre-commit flush is not enough: its producer buffer
+    gives up after 0.1 s without progress (``ProducerBuffer.flush_atmost``)
+    and the commit goes ahead with changelog records still queued, which loses
+    state when the worker is killed right after. A crash now only replays
+    unacknowledged records, and the per-device seq dedupe counts them once.
 
-    Faust binds a table write to the current event's partition; the timer
-    flushes an idle partition under the last event it holds (``_current_event``).
+    Faust binds a table write to the current event's partition, so each
+    partition is written under the last event held for it (``_current_event``).
     """
 
     def __init__(self) -> None:
         self.events: dict[int, list[faust.types.EventT[bytes]]] = {}
-        self.flushed_at: dict[int, float] = {}
+        self.released_at = 0.0
+        self.releasing = False
 
-    def hold(self, event: faust.types.EventT[bytes], now: float) -> None:
-        part = event.message.partition
-        held = self.events.setdefault(part, [])
+    async def hold(self, event: faust.types.EventT[bytes], now: float) -> None:
+        held = self.events.setdefault(event.message.partition, [])
         held.append(event)
-        if len(held) >= MAX_HELD or now - self.flushed_at.get(part, 0.0) >= FLUSH_S:
-            self.release(part, now)  # inside this very event: no context juggling
+        if len(held) >= MAX_HELD or now - self.released_at >= FLUSH_S:
+            await self.release(now)
 
-    def release(self, part: int, now: float) -> None:
-        engine.flush(part, now)
-        self.flushed_at[part] = now
-        for ev in self.events.pop(part, []):
-            ev.ack()
-
-    def release_due(self, now: float) -> None:
-        for part, held in list(self.events.items()):
-            if held and now - self.flushed_at.get(part, 0.0) >= FLUSH_S:
-                token = _current_event.set(weakref.ref(held[-1]))
+    async def release(self, now: float) -> None:
+        if self.releasing:
+            return  # another agent or the timer is at it; what we hold goes with the next one
+        self.releasing = True
+        try:
+            batch, self.events = self.events, {}
+            self.released_at = now
+            for part, events in batch.items():
+                token = _current_event.set(weakref.ref(events[-1]))
                 try:
-                    self.release(part, now)
+                    engine.flush(part, now)
                 finally:
                     _current_event.reset(token)
+            await _drain_producer()
+            for events in batch.values():
+                for ev in events:
+                    ev.ack()
+        finally:
+            self.releasing = False
 
     def drop_revoked(self, keep: set[int]) -> None:
         # their offsets were not committed: the new owner replays them
         for part in [p for p in self.events if p not in keep]:
             del self.events[part]
+
+
+async def _drain_producer() -> None:
+    """Until the broker acknowledged everything produced so far (changelogs included)."""
+    producer = app.producer
+    buffer = producer.buffer
+    while buffer.size:
+        await buffer.flush_atmost(buffer.size)
+    await producer.flush()
 
 
 held = Held()
@@ -184,13 +202,13 @@ async def ping_agent(stream: faust.StreamT[bytes]) -> None:
             _, _, batch = pings.decode_record(event.value)
         except pings.RecordError as exc:
             await deadletter_topic.send(key=event.message.key, value=dead_letter(event, str(exc)))
-            held.hold(event, time.time())  # acknowledged in offset order with the rest (faust #606)
+            await held.hold(event, time.time())  # acknowledged in offset order with the rest (faust #606)
             continue
         now = time.time()
         out = engine.on_pings(batch, event.message.partition, now)
         if out.alerts:
             await ship(out)
-        held.hold(event, now)
+        await held.hold(event, now)
 
 
 @app.agent(reports_topic, concurrency=1)
@@ -203,17 +221,18 @@ async def report_agent(stream: faust.StreamT[bytes]) -> None:
             out = engine.on_report(key, orjson.loads(event.value or b"null"), event.message.partition, now)
         except (orjson.JSONDecodeError, RecordProblem) as exc:
             await deadletter_topic.send(key=event.message.key, value=dead_letter(event, str(exc)))
-            held.hold(event, now)
+            await held.hold(event, now)
             continue
         await ship(out)
-        held.hold(event, now)
+        await held.hold(event, now)
 
 
 @app.timer(PUBLISH_INTERVAL_S)  # type: ignore[untyped-decorator]
 async def publish() -> None:
     """Conditions of the cells that changed (material change, else a heartbeat at most every 60 s)."""
     now = time.time()
-    held.release_due(now)
+    if now - held.released_at >= FLUSH_S:
+        await held.release(now)
     await ship(engine.tick(now))
 
 
