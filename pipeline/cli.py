@@ -117,8 +117,17 @@ def cmd_push(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
+    from pipeline import kafka_io
     from topologies.app import app
 
+    # Create the tables' changelog topics before faust starts. Left to faust, a topic it
+    # creates at start-up can be missing from its consumer's first metadata, recorded with
+    # 0 partitions, and the first write to that table crashes the worker (PartitionsMismatch).
+    changelogs = tuple(
+        kafka_io.TopicSpec(t.changelog_topic.get_topic_name(), {"cleanup.policy": "compact"})
+        for t in app.tables.values()
+    )
+    asyncio.run(kafka_io.create_topics(s.bootstrap, s.partitions, s.replication, changelogs))
     sys.argv = [
         "traverz-worker",
         "worker",

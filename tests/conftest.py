@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import kafka_io, kafka_local, tokens
 from pipeline.settings import Settings
-from tests.support.procs import Stack, free_port
+from tests.support.procs import Stack, free_ports
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def kafka_bootstrap() -> Iterator[str]:
         yield outside
         return
     home = Path(os.environ.get("TRAVERZ_HOME", Path.home() / ".cache" / "traverz"))
-    lay = kafka_local.layout(home, free_port(), free_port())
+    lay = kafka_local.layout(home, *free_ports(2))
     kafka_local.start(lay, heap="512m")
     try:
         asyncio.run(kafka_io.create_topics(lay.bootstrap, 8, 1))

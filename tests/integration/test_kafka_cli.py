@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import kafka_local
-from tests.support.procs import TRAVERZ, free_port
+from tests.support.procs import TRAVERZ, free_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -19,13 +19,13 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def test_kafka_up_status_down(tmp_path: Path) -> None:
-    port = free_port()
+    port, controller_port = free_ports(2)
     home = Path(os.environ.get("TRAVERZ_HOME", Path.home() / ".cache" / "traverz"))
     env = {
         **os.environ,
         "TRAVERZ_HOME": str(home),
         "TRAVERZ_KAFKA_PORT": str(port),
-        "TRAVERZ_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "TRAVERZ_KAFKA_CONTROLLER_PORT": str(controller_port),
         "TRAVERZ_KAFKA_HEAP": "384m",
     }
     lay = kafka_local.layout(home, port)

@@ -11,7 +11,6 @@ spacing) posted at once: a 90-s stall costs no 90 s of waiting.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import time
@@ -59,7 +58,9 @@ CLOSURE = _spot(52.5430, 13.5640)  # Marzahn
 POISON = _spot(52.5880, 13.3000)  # Reinickendorf
 
 
-# The worker's faust tables (topologies/app.py); their changelog topics are "<app id>-<table>-changelog".
+# The worker's faust tables (topologies/app.py); `traverz worker` creates their changelog topics
+# ("<app id>-<table>-changelog") before faust starts: left to faust, the first write to a table whose
+# changelog the consumer's metadata did not list yet crashed the worker (PartitionsMismatch).
 TABLES = ("cell-speed", "baseline", "devices", "crash-areas", "report-books", "active-incidents")
 
 
@@ -90,15 +91,6 @@ def running(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
         TRAVERZ_MIN_DEVICES="3",
         PYTHONUNBUFFERED="1",
     )
-    # Work-around for a start-up race of a worker with a new app id (reported, not ours to fix): faust
-    # creates the changelog topics while starting, and when the consumer's metadata does not list one
-    # yet, the first write to that table raises PartitionsMismatch ("... changelog topic has 0
-    # partitions") and the worker dies (seen in ~1 of 7 runs, on the first report). Changelog topics
-    # that exist before the worker starts, as after any earlier start, leave nothing to race.
-    changelogs = tuple(
-        kafka_io.TopicSpec(f"{settings.app_id}-{t}-changelog", {"cleanup.policy": "compact"}) for t in TABLES
-    )
-    asyncio.run(kafka_io.create_topics(settings.bootstrap, settings.partitions, settings.replication, changelogs))
     stack = Stack(env=env, workdir=Path(workdir))
     try:
         ingest = stack.ingest()
@@ -467,3 +459,10 @@ async def test_poison_records_go_to_dead_letters_and_the_agents_keep_going(env: 
             assert {(d["source_topic"], d["offset"]) for d in letters} == {(s[0], s[2]) for s in sent}
     finally:
         await producer.stop()
+
+
+async def test_worker_made_its_changelog_topics_with_the_topics_partition_count(env: Running) -> None:
+    """`traverz worker` creates them before faust starts (a start-up race otherwise killed it)."""
+    names = [f"{env.settings.app_id}-{t}-changelog" for t in TABLES]
+    found = await kafka_io.describe_partitions(env.settings.bootstrap, names)
+    assert found == dict.fromkeys(names, env.settings.partitions)
