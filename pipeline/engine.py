@@ -312,8 +312,10 @@ class Engine:
     def _condition(self, cell: str, now: float, out: Output) -> None:
         window = self.cells.values.get(cell)
         if window is not None:
+            known = len(window.seen)
             closed = window.expire(now)
-            self.cells.mark(cell)
+            if closed or len(window.seen) != known:
+                self.cells.mark(cell)  # only what changed: a rescan must not rewrite every cell's changelog
             if closed:
                 self._learn(cell, closed)
         open_ = self.active.values.get(cell) or {}

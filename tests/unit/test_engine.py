@@ -413,3 +413,14 @@ def test_state_is_bounded_everything_expires_after_silence() -> None:
     assert not run.tables.books and not e.books.values
     assert not run.tables.areas and not run.tables.active
     assert all(k.endswith("|late") for k in e.devices.values)
+
+
+def test_a_rescan_rewrites_only_cells_that_changed() -> None:
+    """Every cell is re-evaluated every 10 s; rewriting them all would flood the changelog."""
+    run = Run()
+    traffic(run, 3, 10.0)
+    run.tick(0.5)
+    run.tick(11.0)  # a rescan: nothing expired yet
+    assert run.engine.cells.dirty == {}
+    run.tick(400.0)  # now the buckets close: the cell changed and is written back
+    assert run.engine.cells.dirty == {0: {geo.cell(LAT, LON, 9)}}
