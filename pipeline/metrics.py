@@ -20,8 +20,8 @@ def _fmt_labels(labels: Labels, extra: str = "") -> str:
 
 
 class Counter:
-    def __init__(self, name: str, doc: str) -> None:
-        self.name, self.doc = name, doc
+    def __init__(self, name: str, doc: str, fn: Callable[[], float] | None = None) -> None:
+        self.name, self.doc, self.fn = name, doc, fn  # fn: an unlabelled total kept elsewhere, read when scraped
         self.values: dict[Labels, float] = {}
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
@@ -43,6 +43,8 @@ class Counter:
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.doc}"
         yield f"# TYPE {self.name} counter"
+        if self.fn is not None:
+            yield f"{self.name} {float(self.fn())}"
         for labels, v in self.values.items():
             yield f"{self.name}{_fmt_labels(labels)} {v}"
 
@@ -90,8 +92,8 @@ class Registry:
     def __init__(self) -> None:
         self.metrics: list[Counter | Gauge | Histogram] = []
 
-    def counter(self, name: str, doc: str) -> Counter:
-        m = Counter(name, doc)
+    def counter(self, name: str, doc: str, fn: Callable[[], float] | None = None) -> Counter:
+        m = Counter(name, doc, fn)
         self.metrics.append(m)
         return m
 

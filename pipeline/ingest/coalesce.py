@@ -23,9 +23,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import h3.api.basic_int as h3int
 from aiokafka.partitioner import murmur2
 
-from pipeline import geo, pings
+from pipeline import pings
 
 Send = Callable[[list[tuple[bytes, bytes]], float], Awaitable[None]]
 
@@ -36,20 +37,24 @@ class KafkaUnavailable(Exception):
     """Kafka did not acknowledge in time (or the proxy is shutting down before it could)."""
 
 
-_partition_cache: dict[tuple[str, int], int] = {}
-
-
 def partition_of(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java's and aiokafka's) picks for ``key``.
+    """The partition Kafka's default partitioner (Java's and aiokafka's) picks for ``key``."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
-    murmur2 in pure Python costs ~4 µs; keys repeat (a city is a few hundred res-7 cells),
-    so the answer is cached.
-    """
-    hit = _partition_cache.get((key, partitions))
-    if hit is None:
-        if len(_partition_cache) >= _PARTITION_CACHE_MAX:
-            _partition_cache.clear()
-        hit = _partition_cache[(key, partitions)] = (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+# H3 index (int) of a key → (key as a string, its partition): murmur2 in pure Python costs ~4 µs
+# and the string form ~0.5 µs, while keys repeat (a city is a few hundred res-7 cells)
+_keys: dict[int, tuple[str, int]] = {}
+_keys_for = 0  # the partition count the cached partitions were computed for
+
+
+def _key_and_partition(index: int, partitions: int) -> tuple[str, int]:
+    global _keys_for
+    if partitions != _keys_for or len(_keys) >= _PARTITION_CACHE_MAX:
+        _keys.clear()
+        _keys_for = partitions
+    key = format(index, "x")
+    hit = _keys[index] = (key, partition_of(key, partitions))
     return hit
 
 
@@ -62,31 +67,38 @@ def group_by_partition(
 ) -> list[tuple[str, list[pings.Ping]]]:
     """``(record key, pings)`` pairs: the pings of one partition in records of at most ``max_pings``.
 
-    Each ping's key is ``geo.key_cell`` (the ``key_res`` parent of its ``cell_res`` cell); the
-    record key is the key of the record's first ping, so every ping of the record has a key
-    hashing to the record's partition. With ``partitions`` unknown (None or 0: no metadata
-    yet), pings are grouped per key, as the stream side needs at the least. Arrival order is
-    kept within a partition.
+    Each ping's key is ``geo.key_cell`` (the ``key_res`` parent of its ``cell_res`` cell),
+    computed here on H3's integer API (0.7 µs instead of 1.4 µs a ping; the unit tests hold
+    it equal to ``geo.key_cell``). The record key is the key of the record's first ping, so
+    every ping of the record has a key hashing to the record's partition. With ``partitions``
+    unknown (None or 0: no metadata yet), pings are grouped per key, as the stream side needs
+    at the least. Arrival order is kept within a partition.
     """
-    key_cell = geo.key_cell
+    to_cell, to_parent = h3int.latlng_to_cell, h3int.cell_to_parent
     if not partitions:
-        by_key: dict[str, list[pings.Ping]] = {}
+        by_key: dict[int, list[pings.Ping]] = {}
         for p in batch:
-            k = key_cell(p["lat"], p["lon"], key_res, cell_res)
+            k = to_parent(to_cell(p["lat"], p["lon"], cell_res), key_res)
             group = by_key.get(k)
             if group is None:
                 by_key[k] = [p]
             else:
                 group.append(p)
-        return [(k, chunk[i : i + max_pings]) for k, chunk in by_key.items() for i in range(0, len(chunk), max_pings)]
+        return [
+            (format(k, "x"), chunk[i : i + max_pings])
+            for k, chunk in by_key.items()
+            for i in range(0, len(chunk), max_pings)
+        ]
     # one pass in arrival order, so a device's pings of one partition stay in the order it sent them
     by_part: dict[int, tuple[list[str], list[pings.Ping]]] = {}
-    cache = _partition_cache
+    cache = _keys if partitions == _keys_for else {}
     for p in batch:
-        k = key_cell(p["lat"], p["lon"], key_res, cell_res)
-        part = cache.get((k, partitions))
-        if part is None:
-            part = partition_of(k, partitions)
+        index = to_parent(to_cell(p["lat"], p["lon"], cell_res), key_res)
+        hit = cache.get(index)
+        if hit is None:
+            hit = _key_and_partition(index, partitions)
+            cache = _keys
+        k, part = hit
         slot = by_part.get(part)
         if slot is None:
             by_part[part] = ([k], [p])
@@ -138,6 +150,7 @@ class Coalescer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.flushes = 0
         self.records = 0
+        self.pings = 0
 
     def submit(self, batch: list[pings.Ping]) -> asyncio.Future[None]:
         """Queue validated pings; the future resolves when Kafka acked them (or fails with why not).
@@ -190,6 +203,7 @@ class Coalescer:
             records = [(key.encode(), pings.encode_record(key, chunk, now)) for key, chunk in groups]
             self.flushes += 1
             self.records += len(records)
+            self.pings += len(batch)
             await self.send(records, left)
         except asyncio.CancelledError:
             # shutting down mid-flush: the requests hear "unavailable", never a cancellation of their own

@@ -89,6 +89,14 @@ def test_without_a_partition_count_pings_are_grouped_per_key(partitions: int | N
     assert sorted(p["seq"] for _, ps in groups for p in ps) == list(range(500))
 
 
+def test_keys_are_geo_key_cell_all_over_the_globe() -> None:
+    rng = random.Random(6)
+    batch = [ping(f"d{i}", i, rng.uniform(-89.9, 89.9), rng.uniform(-179.9, 179.9)) for i in range(3000)]
+    for partitions in (None, PARTITIONS):
+        groups = group_by_partition(batch, partitions, max_pings=1)
+        assert sorted((ps[0]["seq"], k) for k, ps in groups) == [(p["seq"], key(p)) for p in batch]
+
+
 def test_the_key_is_the_res7_parent_of_the_res9_cell() -> None:
     # a spot whose res-7 cell is not the parent of its res-9 cell
     lats = (52.5 + i * 1e-4 for i in range(20_000))
