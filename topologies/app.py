@@ -19,6 +19,7 @@ the detectors ignoring pings older than what they saw.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 import weakref
@@ -76,9 +77,43 @@ alerts_topic = _raw_topic(TOPIC_ALERTS)
 deadletter_topic = _raw_topic(TOPIC_DEADLETTER)
 
 
+class Changelogs:
+    """The delivery futures of every changelog record our table writes caused.
+
+    Faust's pre-commit flush gives up after 0.1 s without progress, and even a
+    drained producer buffer can still have one message on its way to aiokafka;
+    awaiting each changelog record's own future is the only exact "it is in
+    Kafka". Wraps ``Table.send_changelog`` of each table (faust API, per instance).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[Any]] = []
+
+    def watch(self, table: Any) -> Any:
+        send = table.send_changelog
+
+        def send_changelog(*args: Any, **kwargs: Any) -> Any:
+            fut = send(*args, **kwargs)
+            self.pending.append(fut)
+            return fut
+
+        table.send_changelog = send_changelog
+        return table
+
+    async def delivered(self) -> None:
+        """Until the broker acknowledged every changelog record written so far (and whatever else was sent)."""
+        futs, self.pending = self.pending, []
+        await app.producer.flush()  # hurries aiokafka's linger; alerts sent so far go with it
+        if futs:
+            await asyncio.gather(*futs)
+
+
+changelogs = Changelogs()
+
+
 def _table(name: str) -> Any:
     # bytes in, bytes out: our own compact encodings, no faust.Record
-    return app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    return changelogs.watch(app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes))
 
 
 engine = Engine(
@@ -163,7 +198,7 @@ class Held:
                     engine.flush(part, now)
                 finally:
                     _current_event.reset(token)
-            await _drain_producer()
+            await changelogs.delivered()
             for events in batch.values():
                 for ev in events:
                     ev.ack()
@@ -174,15 +209,6 @@ class Held:
         # their offsets were not committed: the new owner replays them
         for part in [p for p in self.events if p not in keep]:
             del self.events[part]
-
-
-async def _drain_producer() -> None:
-    """Until the broker acknowledged everything produced so far (changelogs included)."""
-    producer = app.producer
-    buffer = producer.buffer
-    while buffer.size:
-        await buffer.flush_atmost(buffer.size)
-    await producer.flush()
 
 
 held = Held()
