@@ -185,7 +185,7 @@ async def test_kill9_mid_stream_then_restart_counts_every_ping_once(
 
 @pytest.mark.xfail(
     strict=False,  # intermittent (1–2 runs in 3 on 2 cores): strict would fail the good runs
-    reason="open bug: after a SIGKILL the survivor sometimes ends ~15-20 %% short in one or two cells. Not only "
+    reason="open bug: after a SIGKILL the survivor sometimes ends ~15-20 % short in one or two cells. Not only "
     "commit-ahead-of-changelog (acks now wait for each changelog record's delivery, and failing cells also show "
     "a changelog ahead of the committed offset); suspect stale cached state across the rebalances",
 )
