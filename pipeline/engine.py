@@ -55,6 +55,7 @@ Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
 
 SWEEP_S = 5.0  # detectors' timers: quiet devices, crash context, report lifetimes
 RESCAN_S = 10.0  # every cell re-evaluated at least this often (issue: ≤ 30 s)
+REEVALUATE_S = 1.0  # a published cell's changes are seen within this (+ a tick)
 REPORT_NEAR_M = incidents.MERGE_M
 _by_ts = itemgetter("ts")
 
@@ -130,6 +131,8 @@ class Engine:
         self.published: dict[str, dict[str, Any]] = {}
         self.pending: set[str] = set()
         self.swept_at = 0.0
+        self.evaluated_at: dict[str, float] = {}
+        self.urgent: set[str] = set()
         self.rescanned_at = 0.0
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
         self.pings = 0
@@ -242,7 +245,7 @@ class Engine:
         else:
             cur[alert["id"]] = {"type": alert["type"], "expires_at": alert["expires_at"]}
         self.active.put(cell, cur, partition)
-        self.pending.add(cell)
+        self.urgent.add(cell)  # an incident opened or ended: drivers hear of it at the next tick
 
     def _crash_reports(self, key7: str, lat: float, lon: float, partition: int) -> int:
         book = self.books.get(key7, partition)
@@ -302,16 +305,27 @@ class Engine:
             self._sweep(now, out)
         due = self.pending
         self.pending = set()
-        if now - self.rescanned_at >= RESCAN_S:
+        rescan = now - self.rescanned_at >= RESCAN_S
+        if rescan:
             self.rescanned_at = now
             due |= set(self.cells.values) | set(self.published) | set(self.active.values)
+        else:
+            # a published cell is re-evaluated at most every REEVALUATE_S: a busy city touches
+            # thousands of cells a second; a cell not yet published (news) goes at once
+            published, evaluated = self.published, self.evaluated_at
+            later = {c for c in due if c in published and now - evaluated.get(c, 0.0) < REEVALUATE_S}
+            due -= later
+            self.pending = later
+        due |= self.urgent
+        self.urgent = set()
         for cell in due:
-            self._condition(cell, now, out)
+            self.evaluated_at[cell] = now
+            self._condition(cell, now, out, expire=rescan)
         return out
 
-    def _condition(self, cell: str, now: float, out: Output) -> None:
+    def _condition(self, cell: str, now: float, out: Output, *, expire: bool = True) -> None:
         window = self.cells.values.get(cell)
-        if window is not None:
+        if window is not None and expire:  # O(devices seen): on rescans only
             known = len(window.seen)
             closed = window.expire(now)
             if closed or len(window.seen) != known:
@@ -340,6 +354,7 @@ class Engine:
             if prev is not None:
                 out.conditions.append((cell.encode(), None))  # a tombstone: gone from the compacted topic
                 del self.published[cell]
+            self.evaluated_at.pop(cell, None)
             if window is None or window.is_empty():
                 self.baselines.evict(cell)  # quiet cell: its baseline waits in the table
             return

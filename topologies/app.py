@@ -44,8 +44,11 @@ settings = get_settings()
 DATADIR = settings.data_dir / f"{settings.app_id}-{settings.worker_port}"  # one per worker process
 DATADIR.mkdir(parents=True, exist_ok=True)
 PUBLISH_INTERVAL_S = 0.5
-FLUSH_S = 1.0  # state written back and records acknowledged at least this often per partition
-MAX_HELD = 5000  # ... or after this many records of one partition, whichever comes first
+# State written back and records acknowledged this often (Kafka Streams commits every 30 s): each
+# write-back rewrites every cell touched since the last, so its cost is per cell, not per ping —
+# a longer interval is cheaper, and only lengthens the replay after a crash.
+FLUSH_S = 5.0
+MAX_HELD = 20_000  # ... or once a partition holds this many records
 
 app = faust.App(
     settings.app_id,
@@ -224,6 +227,8 @@ def _unacked(stream: faust.StreamT[bytes]) -> Any:
 async def ping_agent(stream: faust.StreamT[bytes]) -> None:
     """Ping records → every per-ping detector; alerts out."""
     async for event in _unacked(stream):
+        if _stale(event):
+            continue  # not acknowledged: faust forgot this partition's acks when it was revoked
         try:
             _, _, batch = pings.decode_record(event.value)
         except pings.RecordError as exc:
@@ -241,6 +246,8 @@ async def ping_agent(stream: faust.StreamT[bytes]) -> None:
 async def report_agent(stream: faust.StreamT[bytes]) -> None:
     """Reports and votes → incidents; alerts out."""
     async for event in _unacked(stream):
+        if _stale(event):
+            continue
         key = (event.message.key or b"").decode(errors="replace")
         now = time.time()
         try:
@@ -262,13 +269,29 @@ async def publish() -> None:
     await ship(engine.tick(now))
 
 
+assigned: set[int] = set()  # partitions of the pings/reports topics this worker owns now
+
+
 @app.on_partitions_assigned.connect
 async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-    assigned = args[0] if args else kwargs.get("assigned", set())
-    # the full new assignment: forget what moved to another worker
-    keep = {tp.partition for tp in assigned if tp.topic == TOPIC_PINGS}
+    """The full new assignment: keep cached state only of partitions owned before *and* now.
+
+    A partition that comes (back) to this worker must be read from its restored
+    table: what this worker cached when it last owned it is older than what the
+    previous owner wrote to the changelog since.
+    """
+    global assigned
+    new = {tp.partition for tp in (args[0] if args else kwargs.get("assigned", set())) if tp.topic == TOPIC_PINGS}
+    keep = new & assigned
     held.drop_revoked(keep)
     engine.forget_partitions(keep)
+    assigned = new
+
+
+def _stale(event: faust.types.EventT[bytes]) -> bool:
+    # a record fetched before a rebalance took its partition away: the new owner replays it;
+    # processing it here would cache state of a partition this worker no longer owns
+    return event.message.partition not in assigned
 
 
 @app.page("/healthz")

@@ -424,3 +424,21 @@ def test_a_rescan_rewrites_only_cells_that_changed() -> None:
     assert run.engine.cells.dirty == {}
     run.tick(400.0)  # now the buckets close: the cell changed and is written back
     assert run.engine.cells.dirty == {0: {geo.cell(LAT, LON, 9)}}
+
+
+def test_published_cells_are_reevaluated_at_most_every_second_new_ones_at_once() -> None:
+    run = Run()
+    traffic(run, 3, 10.0)
+    run.tick(0.5)
+    cell = geo.cell(LAT, LON, 9)
+    first = run.conditions[cell]
+    assert first is not None
+    traffic(run, 3, 2.0, prefix="slow")  # a material change...
+    run.tick(0.5)
+    assert run.conditions[cell] == first  # ...waits for the cell's next evaluation slot
+    other = geo.destination(LAT, LON, 0.0, 2000.0)
+    traffic(run, 3, 10.0, *other, prefix="far")
+    run.tick(0.5)
+    assert run.conditions[geo.cell(*other, 9)] is not None  # news goes at once
+    latest = run.conditions[cell]
+    assert latest is not None and latest["version"] > first["version"]  # 1 s after the first: re-evaluated
