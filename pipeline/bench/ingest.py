@@ -214,18 +214,25 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
                 "traverz_p99_ms_at_peak": statistics.median(r.p99_ms for r in per["traverz"]),
             }
         # p99 at half the peak rate: pace each connection with wrk's delay(), which comes on top of
-        # the response time; a first run measures that time, the second subtracts it
+        # the response time: short runs calibrate the delay (delay = period - response time seen),
+        # then one run of full length is measured
         for name in ("batch50", "single"):
             target_rps = float(summary[name]["traverz_rps"]) / 2  # type: ignore[arg-type]
             conns = 32
-            delay_ms = 1000.0 * conns / target_rps
+            period_ms = 1000.0 * conns / target_rps
+            delay_ms = period_ms
             paced = work / f"{name}-paced.lua"
-            for attempt in range(2):
+            url = f"http://127.0.0.1:{ingest_port}/v1/pings"
+            for attempt in range(4):
                 paced.write_text(scripts[name].read_text() + f"function delay() return {delay_ms:.3f} end\n")
-                r = run_wrk(f"http://127.0.0.1:{ingest_port}/v1/pings", paced, seconds, conns)
-                if attempt == 0 and r.rps > 0:
-                    per_request_ms = 1000.0 * conns / r.rps  # delay + response time, as it came out
-                    delay_ms = max(0.0, delay_ms - (per_request_ms - delay_ms))
+                if attempt == 3:
+                    break
+                cal = run_wrk(url, paced, 3, conns)
+                if cal.rps <= 0 or abs(cal.rps / target_rps - 1) < 0.05:
+                    break
+                response_ms = 1000.0 * conns / cal.rps - delay_ms
+                delay_ms = max(0.0, (delay_ms + period_ms - response_ms) / 2)  # damped: the response time moves too
+            r = run_wrk(url, paced, seconds, conns)
             summary[name]["half_peak_target_rps"] = round(target_rps)
             summary[name]["half_peak_rps"] = round(r.rps)
             summary[name]["half_peak_p99_ms"] = r.p99_ms
