@@ -49,7 +49,6 @@ PUBLISH_INTERVAL_S = 0.5
 # a longer interval is cheaper, and only lengthens the replay after a crash.
 FLUSH_S = 5.0
 MAX_HELD = 20_000  # ... or once a partition holds this many records
-MAX_IN_FLIGHT = 50_000  # changelog records awaiting delivery before a write-back waits for them
 
 app = faust.App(
     settings.app_id,
@@ -104,10 +103,12 @@ class Changelogs:
         table.send_changelog = send_changelog
         return table
 
-    def take(self) -> list[asyncio.Future[Any]]:
-        """The delivery futures of the changelog records written since the last call."""
+    async def delivered(self) -> None:
+        """Until the broker acknowledged every changelog record written so far (and whatever else was sent)."""
         futs, self.pending = self.pending, []
-        return futs
+        await app.producer.flush()  # hurries aiokafka's linger; alerts sent so far go with it
+        if futs:
+            await asyncio.gather(*futs)
 
 
 changelogs = Changelogs()
@@ -151,13 +152,10 @@ def dead_letter(event: faust.types.EventT[bytes], reason: str) -> bytes:
 
 
 async def ship(out: Output) -> None:
-    # straight to the producer: faust's Topic.send machinery costs ~100 µs a message, and a busy
-    # city publishes thousands of conditions a second
-    send = app.producer.send
     for key, value in out.alerts:
-        await send(TOPIC_ALERTS, key, value, None, None, None)
+        await alerts_topic.send(key=key, value=value)
     for key, cond in out.conditions:
-        await send(TOPIC_CONDITIONS, key, cond, None, None, None)
+        await conditions_topic.send(key=key, value=cond)
 
 
 class Held:
@@ -182,7 +180,7 @@ class Held:
     def __init__(self) -> None:
         self.events: dict[int, list[faust.types.EventT[bytes]]] = {}
         self.released_at = 0.0
-        self.acking: asyncio.Future[None] | None = None
+        self.releasing = False
 
     async def hold(self, event: faust.types.EventT[bytes], now: float) -> None:
         held = self.events.setdefault(event.message.partition, [])
@@ -191,37 +189,24 @@ class Held:
             await self.release(now)
 
     async def release(self, now: float) -> None:
-        """Write back every partition's state now; acknowledge its records once that is delivered.
-
-        The wait for delivery runs in the background (the agent goes on
-        processing): acknowledgements are chained, so they stay in offset order.
-        """
-        batch, self.events = self.events, {}
-        self.released_at = now
-        for part, events in batch.items():
-            token = _current_event.set(weakref.ref(events[-1]))
-            try:
-                engine.flush(part, now)
-            finally:
-                _current_event.reset(token)
-        futs = changelogs.take()
-        if len(futs) > MAX_IN_FLIGHT:
-            await asyncio.gather(*futs)  # back-pressure: do not run ahead of the broker
-        self.acking = asyncio.ensure_future(self._ack_when_delivered(self.acking, futs, batch))
-
-    @staticmethod
-    async def _ack_when_delivered(
-        before: asyncio.Future[None] | None,
-        futs: list[asyncio.Future[Any]],
-        batch: dict[int, list[faust.types.EventT[bytes]]],
-    ) -> None:
-        if before is not None:
-            await before
-        if futs:
-            await asyncio.gather(*futs)
-        for events in batch.values():
-            for ev in events:
-                ev.ack()
+        if self.releasing:
+            return  # another agent or the timer is at it; what we hold goes with the next one
+        self.releasing = True
+        try:
+            batch, self.events = self.events, {}
+            self.released_at = now
+            for part, events in batch.items():
+                token = _current_event.set(weakref.ref(events[-1]))
+                try:
+                    engine.flush(part, now)
+                finally:
+                    _current_event.reset(token)
+            await changelogs.delivered()
+            for events in batch.values():
+                for ev in events:
+                    ev.ack()
+        finally:
+            self.releasing = False
 
     def drop_revoked(self, keep: set[int]) -> None:
         # their offsets were not committed: the new owner replays them
