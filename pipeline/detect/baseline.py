@@ -124,21 +124,8 @@ def hour_of_week(ts: float) -> int:
 
 
 def update(state: CellBaseline | None, sector: int, speed_mps: float, ts: float) -> CellBaseline:
-    """Count one observed speed of ``sector`` at event time ``ts``."""
-    if state is None:
-        state = CellBaseline()
-    if speed_mps < MIN_SAMPLE_MPS:
-        return state
-    key = (sector, hour_of_week(ts))
-    hour = state.hours.get(key)
-    if hour is None:
-        hour = state.hours[key] = Histogram()
-    hour.add(speed_mps)
-    sec = state.sectors.get(sector)
-    if sec is None:
-        sec = state.sectors[sector] = Histogram()
-    sec.add(speed_mps)
-    return state
+    """Count one observed speed of ``sector`` at event time ``ts`` (a histogram of one)."""
+    return fold(state, sector, {int(speed_mps * BIN_PER_MPS): 1}, ts)
 
 
 def fold(state: CellBaseline | None, sector: int, hist: dict[int, int], ts: float) -> CellBaseline:
