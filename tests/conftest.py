@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import kafka_io, kafka_local, tokens
 from pipeline.settings import Settings
-from tests.support.procs import Stack, free_ports
+from tests.support.procs import Stack, free_ports, process_env
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +40,7 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def stack(settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVERZ_")}
-    env.update(
-        TRAVERZ_BOOTSTRAP=settings.bootstrap,
-        TRAVERZ_DATA_DIR=str(settings.data_dir),
-        TRAVERZ_APP_ID=settings.app_id,
-        TRAVERZ_TOKEN_SECRET=settings.token_secret,
-        PYTHONUNBUFFERED="1",
-    )
+    env = process_env(settings)
     s = Stack(env=env, workdir=tmp_path)
     yield s
     s.stop_all()

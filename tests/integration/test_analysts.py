@@ -7,7 +7,6 @@ the other modules, so records left on the shared topics never fall into these ce
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import time
@@ -24,7 +23,7 @@ import pytest
 from pipeline import geo
 from pipeline.settings import Settings
 from tests.conftest import token_for
-from tests.support.procs import Proc, Stack
+from tests.support.procs import Proc, Stack, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -51,15 +50,7 @@ def running(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     settings = Settings(
         bootstrap=kafka_bootstrap, data_dir=workdir / "state", app_id=f"traverz-an{uuid.uuid4().hex[:8]}"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVERZ_")}
-    env.update(
-        TRAVERZ_BOOTSTRAP=settings.bootstrap,
-        TRAVERZ_DATA_DIR=str(settings.data_dir),
-        TRAVERZ_APP_ID=settings.app_id,
-        TRAVERZ_TOKEN_SECRET=settings.token_secret,
-        TRAVERZ_MIN_DEVICES="3",
-        PYTHONUNBUFFERED="1",
-    )
+    env = process_env(settings, TRAVERZ_MIN_DEVICES="3")
     rng = random.Random()
     lat0, lon0 = rng.uniform(53.50, 53.60), rng.uniform(9.90, 10.10)
     spots = [geo.cell_center(geo.cell(*geo.destination(lat0, lon0, 90.0 * i, 2500.0 * i), 9)) for i in range(4)]

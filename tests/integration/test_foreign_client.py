@@ -10,7 +10,6 @@ used only to *write* the test traffic: to pick a spot and to issue device tokens
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import uuid
@@ -30,7 +29,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from pipeline import geo
 from pipeline.settings import Settings
 from tests.conftest import token_for
-from tests.support.procs import Stack
+from tests.support.procs import Stack, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -101,15 +100,7 @@ def running(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     settings = Settings(
         bootstrap=kafka_bootstrap, data_dir=workdir / "state", app_id=f"traverz-fc{uuid.uuid4().hex[:8]}"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVERZ_")}
-    env.update(
-        TRAVERZ_BOOTSTRAP=settings.bootstrap,
-        TRAVERZ_DATA_DIR=str(settings.data_dir),
-        TRAVERZ_APP_ID=settings.app_id,
-        TRAVERZ_TOKEN_SECRET=settings.token_secret,
-        TRAVERZ_MIN_DEVICES="3",
-        PYTHONUNBUFFERED="1",
-    )
+    env = process_env(settings, TRAVERZ_MIN_DEVICES="3")
     stack = Stack(env=env, workdir=Path(workdir))
     try:
         ingest = stack.ingest()

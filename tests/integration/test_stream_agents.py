@@ -12,7 +12,6 @@ spacing) posted at once: a 90-s stall costs no 90 s of waiting.
 from __future__ import annotations
 
 import base64
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from pipeline.settings import (
     Settings,
 )
 from tests.conftest import token_for
-from tests.support.procs import Proc, Stack
+from tests.support.procs import Proc, Stack, process_env
 from tests.support.taps import Msg, Tap
 
 pytestmark = pytest.mark.integration
@@ -82,15 +81,7 @@ def running(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     settings = Settings(
         bootstrap=kafka_bootstrap, data_dir=workdir / "state", app_id=f"traverz-sa{uuid.uuid4().hex[:8]}"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVERZ_")}
-    env.update(
-        TRAVERZ_BOOTSTRAP=settings.bootstrap,
-        TRAVERZ_DATA_DIR=str(settings.data_dir),
-        TRAVERZ_APP_ID=settings.app_id,
-        TRAVERZ_TOKEN_SECRET=settings.token_secret,
-        TRAVERZ_MIN_DEVICES="3",
-        PYTHONUNBUFFERED="1",
-    )
+    env = process_env(settings, TRAVERZ_MIN_DEVICES="3")
     stack = Stack(env=env, workdir=Path(workdir))
     try:
         ingest = stack.ingest()
