@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     cell_resolution: int = Field(9, ge=0, le=15, description="H3 res of conditions")
     min_devices: int = Field(3, ge=1, description="k: distinct devices before publishing")
 
+    # Push worker: routing and slow clients (issue 5)
+    routing_net: str = Field(
+        "DRT", description="road network: DRT or A10KW (eclipse-sumo's Berlin nets), a .net.xml path, '' for none"
+    )
+    push_stuck_s: float = Field(10.0, gt=0, description="s a socket may take a batch before the driver is dropped")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

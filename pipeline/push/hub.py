@@ -1,15 +1,25 @@
-"""Who gets which update: subscriptions by cell, latest state, coalescing outboxes.
+"""Who gets which update: subscriptions by cell and direction, latest state, coalescing outboxes.
 
-Every update is serialised once and the same bytes go to every subscriber. A
-slow client never grows an unbounded queue: its outbox holds at most one
-pending message per (kind, key) — a newer update of a cell replaces the older
-one — and a client whose outbox stays over the limit is disconnected.
+Direction: a driver watches each of its cells in one heading sector (its heading in the
+cone; the route's heading there on a route). Only sectors within one sector of that
+(±45°..67.5°) count, for conditions (their per-sector statistics) and for alerts (their
+``heading_deg``): the other carriageway of the same road, 180° off, never does.
+
+Every update is serialised once, into the ASGI message uvicorn writes, and the same
+object goes to every subscriber. Per driver, a condition is sent when what it says
+about the driver's direction (level and speed band of the matching sectors, their
+incidents) differs from what that driver was last told about the cell; an incident is
+announced once, then again only on a material change (state, type, place, direction,
+confidence band of 0.2). A slow client never grows an unbounded queue: its outbox holds
+at most one pending message per cell or incident — a newer one replaces it — and a
+client whose outbox still grows past the limit is disconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +27,22 @@ import orjson
 
 from pipeline import geo
 
-MIN_REACH_M = 1000.0
-LOOKAHEAD_S = 180.0
 MAX_OUTBOX = 2000
+RATE_PER_S = 50.0  # sustained messages per driver; more waits (and coalesces) in the outbox
+BURST = 400.0  # the state of a whole corridor fits in one burst
+CLEARED_KEPT_S = 3600.0  # a reconnecting driver still hears of an incident cleared meanwhile
+AHEAD_SLACK_M = 150.0  # an alert this close counts as ahead whatever its bearing (GPS noise)
+
+Message = dict[str, Any]  # a prepared ASGI "websocket.send" event
+
+
+def prepared(payload: dict[str, Any]) -> Message:
+    return {"type": "websocket.send", "text": orjson.dumps(payload).decode()}
+
+
+def same_direction(a: int, b: int) -> bool:
+    """Heading sectors within one of each other (of 8)."""
+    return (a - b) % 8 in (0, 1, 7)
 
 
 @dataclass(eq=False)
@@ -27,99 +50,125 @@ class Client:
     """One connected driver."""
 
     device_id: str
-    cells: set[str] = field(default_factory=set)
-    heading_deg: float = 0.0
-    outbox: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    cells: dict[str, int] = field(default_factory=dict)  # cell -> heading sector watched there
+    origin: tuple[float, float, float] | None = None  # (lat, lon, heading) in cone mode
+    outbox: dict[str, Message] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: bool = False
-    seen_versions: dict[str, int] = field(default_factory=dict)
+    told: dict[str, int] = field(default_factory=dict)  # cell or incident id -> digest last sent
+    tokens: float = BURST
+    refilled: float = field(default_factory=time.monotonic)
+    plan: Any = None  # the routing plan of a driver with a destination (pipeline.push.rerouting)
 
-    def enqueue(self, kind: str, key: str, data: bytes) -> None:
-        self.outbox.pop((kind, key), None)  # re-insert at the end: newest last
-        self.outbox[(kind, key)] = data
+    def enqueue(self, key: str, msg: Message) -> None:
+        self.outbox.pop(key, None)  # re-insert at the end: newest last
+        self.outbox[key] = msg
         if len(self.outbox) > MAX_OUTBOX:
             self.overflowed = True
         self.wake.set()
 
-    def drain(self) -> list[bytes]:
+    def drain(self) -> list[Message]:
         out = list(self.outbox.values())
         self.outbox.clear()
         self.wake.clear()
         return out
 
+    def take(self, now: float) -> list[Message]:
+        """What the rate limit lets out now (oldest first); the rest stays and coalesces."""
+        self.tokens = min(BURST, self.tokens + (now - self.refilled) * RATE_PER_S)
+        self.refilled = now
+        n = int(self.tokens)
+        if n >= len(self.outbox):
+            self.tokens -= len(self.outbox)
+            return self.drain()
+        keys = list(self.outbox)[:n]
+        self.tokens -= n
+        return [self.outbox.pop(k) for k in keys]
 
-def reach_m(speed_mps: float) -> float:
-    """How far ahead a driver cares: ~3 minutes of travel, at least 1 km."""
-    return max(MIN_REACH_M, speed_mps * LOOKAHEAD_S)
-
-
-def subscription_cells(msg: dict[str, Any], res: int) -> set[str]:
-    """Cells a subscribe message covers: the route corridor, else the cone ahead."""
-    route = msg.get("route")
-    if route:
-        return geo.corridor_cells([(float(a), float(b)) for a, b in route], 150.0, res)
-    return geo.cone_cells(
-        float(msg["lat"]), float(msg["lon"]), float(msg["heading_deg"]), reach_m(float(msg["speed_mps"])), res
-    )
-
-
-def condition_message(cond: dict[str, Any]) -> bytes:
-    return orjson.dumps({"type": "condition", "condition": cond})
+    def wait_s(self) -> float:
+        """How long until the next message may go out."""
+        return max(0.0, (1.0 - self.tokens) / RATE_PER_S)
 
 
-def alert_message(alert: dict[str, Any]) -> bytes:
-    return orjson.dumps({"type": "alert", "alert": alert})
+@dataclass
+class CellState:
+    version: int
+    msg: Message
+    sectors: dict[int, tuple[int, int]]  # sector -> (level, speed band)
+    incidents: tuple[str, ...]
+
+
+@dataclass
+class AlertState:
+    cell: str
+    version: int
+    sector: int
+    lat: float
+    lon: float
+    digest: int
+    cleared_at: float | None
+    msg: Message
+
+
+def speed_band(mps: float) -> int:
+    """Bands ~15 % wide: a change of the median by more than that is news."""
+    return int(math.log(max(mps, 0.5) + 1.0) / math.log(1.15))
 
 
 class Hub:
-    """Latest state per cell and the clients subscribed to each cell."""
+    """Latest state per cell and incident, and the clients watching each cell by direction."""
 
     def __init__(self) -> None:
-        self.conditions: dict[str, tuple[int, bytes]] = {}
-        self.alerts: dict[str, tuple[str, bytes]] = {}  # incident id -> (cell, message)
-        self.subs: dict[str, set[Client]] = {}
+        self.conditions: dict[str, CellState] = {}
+        self.alerts: dict[str, AlertState] = {}
+        self.alerts_by_cell: dict[str, set[str]] = {}
+        self.subs: dict[str, dict[int, set[Client]]] = {}  # cell -> sector -> clients
         self.clients: set[Client] = set()
-        self.delivered = 0
 
     def add(self, client: Client) -> None:
         self.clients.add(client)
 
     def remove(self, client: Client) -> None:
         self.clients.discard(client)
-        self._unsubscribe(client)
+        self._watch(client, {})
 
-    def _unsubscribe(self, client: Client) -> None:
-        for c in client.cells:
-            subs = self.subs.get(c)
-            if subs is not None:
-                subs.discard(client)
-                if not subs:
-                    del self.subs[c]
-        client.cells = set()
+    def _watch(self, client: Client, cells: dict[str, int]) -> None:
+        for c, sec in client.cells.items():
+            if cells.get(c) != sec:
+                by_sec = self.subs.get(c)
+                if by_sec is not None:
+                    by_sec.get(sec, set()).discard(client)
+                    if not by_sec.get(sec, True):
+                        del by_sec[sec]
+                    if not by_sec:
+                        del self.subs[c]
+        for c, sec in cells.items():
+            if client.cells.get(c) != sec:
+                self.subs.setdefault(c, {}).setdefault(sec, set()).add(client)
+        client.cells = cells
 
-    def subscribe(self, client: Client, cells: Iterable[str], heading_deg: float, since_version: int = 0) -> int:
-        """Replace the client's cells and queue the current state of the new ones."""
-        new = set(cells)
-        added = new - client.cells
-        for c in client.cells - new:
-            subs = self.subs.get(c)
-            if subs is not None:
-                subs.discard(client)
-                if not subs:
-                    del self.subs[c]
-        for c in added:
-            self.subs.setdefault(c, set()).add(client)
-        client.cells = new
-        client.heading_deg = heading_deg
-        for c in added if not since_version else new:
-            cur = self.conditions.get(c)
-            if cur is not None and cur[0] > since_version and client.seen_versions.get(c, 0) < cur[0]:
-                client.seen_versions[c] = cur[0]
-                client.enqueue("condition", c, cur[1])
-        for incident_id, (cell, data) in self.alerts.items():
-            if cell in added:
-                client.enqueue("alert", incident_id, data)
-        return len(new)
+    def subscribe(
+        self,
+        client: Client,
+        cells: dict[str, int],
+        origin: tuple[float, float, float] | None = None,
+        since_version: int = 0,
+    ) -> int:
+        """Replace what the client watches; queue what it has not been told about them."""
+        self._watch(client, dict(cells))
+        client.origin = origin
+        for c, sec in client.cells.items():
+            st = self.conditions.get(c)
+            if st is not None and st.version > since_version:
+                self._offer_condition(client, c, st, self._digest(st, sec))
+            for incident_id in self.alerts_by_cell.get(c, ()):
+                a = self.alerts[incident_id]
+                # after a reconnect, an end the driver missed is news; else only open ones
+                if a.version > since_version and (a.cleared_at is None or since_version):
+                    self._offer_alert(client, incident_id, a, catch_up=bool(since_version))
+        return len(client.cells)
+
+    # -- conditions -----------------------------------------------------------------------
 
     def on_condition(self, cell: str, cond: dict[str, Any] | None, live: bool = True) -> int:
         """A condition (or tombstone) arrived; returns how many clients it was queued for."""
@@ -128,31 +177,97 @@ class Hub:
             return 0
         version = int(cond["version"])
         cur = self.conditions.get(cell)
-        if cur is not None and cur[0] >= version:
+        if cur is not None and cur.version >= version:
             return 0  # replay or reordering: never send a client an older state
-        data = condition_message(cond)
-        self.conditions[cell] = (version, data)
+        st = CellState(
+            version,
+            prepared({"type": "condition", "condition": cond}),
+            {int(s["sector"]): (int(s["level"]), speed_band(float(s["median_mps"]))) for s in cond["sectors"]},
+            tuple(sorted(cond.get("incidents", ()))),
+        )
+        self.conditions[cell] = st
         if not live:
             return 0
         n = 0
-        for client in self.subs.get(cell, ()):
-            if client.seen_versions.get(cell, 0) < version:
-                client.seen_versions[cell] = version
-                client.enqueue("condition", cell, data)
-                n += 1
+        for sec, clients in self.subs.get(cell, {}).items():
+            digest = self._digest(st, sec)
+            for client in clients:
+                n += self._offer_condition(client, cell, st, digest)
         return n
 
-    def on_alert(self, alert: dict[str, Any], live: bool = True) -> int:
-        incident_id, cell = str(alert["id"]), str(alert["cell"])
-        data = alert_message(alert)
-        if alert.get("state") == "cleared":
-            self.alerts.pop(incident_id, None)
-        else:
-            self.alerts[incident_id] = (cell, data)
+    def _digest(self, st: CellState, sec: int) -> int:
+        """What a condition says about one direction (0: nothing)."""
+        seen = tuple(sorted((s, v) for s, v in st.sectors.items() if same_direction(s, sec)))
+        incidents = tuple(i for i in st.incidents if (a := self.alerts.get(i)) is None or same_direction(a.sector, sec))
+        return hash((seen, incidents)) if seen or incidents else 0
+
+    @staticmethod
+    def _offer_condition(client: Client, cell: str, st: CellState, digest: int) -> int:
+        told = client.told.get(cell)
+        if told == digest or (told is None and digest == 0):
+            return 0  # nothing new for this direction (or nothing at all, never told)
+        client.told[cell] = digest
+        client.enqueue(cell, st.msg)
+        return 1
+
+    # -- alerts ---------------------------------------------------------------------------
+
+    def on_alert(self, alert: dict[str, Any], live: bool = True, now: float | None = None) -> int:
+        incident_id, cell, version = str(alert["id"]), str(alert["cell"]), int(alert["version"])
+        prev = self.alerts.get(incident_id)
+        if prev is not None and prev.version >= version:
+            return 0
+        now = time.time() if now is None else now
+        cleared = alert.get("state") == "cleared"
+        sector = geo.sector(float(alert["heading_deg"]))
+        a = AlertState(
+            cell,
+            version,
+            sector,
+            float(alert["lat"]),
+            float(alert["lon"]),
+            hash((cleared, alert["type"], cell, sector, round(float(alert["confidence"]) * 5))),
+            now if cleared else None,
+            prepared({"type": "alert", "alert": alert}),
+        )
+        if prev is not None and prev.cell != cell:
+            self.alerts_by_cell.get(prev.cell, set()).discard(incident_id)
+        self.alerts[incident_id] = a
+        self.alerts_by_cell.setdefault(cell, set()).add(incident_id)
+        self._forget_cleared(now)
         if not live:
             return 0
         n = 0
-        for client in self.subs.get(cell, ()):
-            client.enqueue("alert", incident_id, data)
-            n += 1
+        for sec, clients in self.subs.get(cell, {}).items():
+            if same_direction(sector, sec):
+                for client in clients:
+                    n += self._offer_alert(client, incident_id, a)
         return n
+
+    @staticmethod
+    def _offer_alert(client: Client, incident_id: str, a: AlertState, catch_up: bool = False) -> int:
+        told = client.told.get(incident_id)
+        if told == a.digest:
+            return 0
+        if a.cleared_at is not None and told is None and not catch_up:
+            return 0  # never told of it: its end is no news
+        sec = client.cells.get(a.cell)
+        if sec is None or not same_direction(a.sector, sec):
+            return 0
+        if client.origin is not None:
+            lat, lon, heading = client.origin
+            if geo.distance_m(lat, lon, a.lat, a.lon) > AHEAD_SLACK_M and (
+                geo.angle_diff(geo.bearing_deg(lat, lon, a.lat, a.lon), heading) > 90.0
+            ):
+                return 0  # behind the driver
+        client.told[incident_id] = a.digest
+        client.enqueue(incident_id, a.msg)
+        return 1
+
+    def _forget_cleared(self, now: float) -> None:
+        if len(self.alerts) % 64:
+            return  # amortised sweep
+        for incident_id, a in list(self.alerts.items()):
+            if a.cleared_at is not None and now - a.cleared_at > CLEARED_KEPT_S:
+                del self.alerts[incident_id]
+                self.alerts_by_cell.get(a.cell, set()).discard(incident_id)

@@ -1,0 +1,167 @@
+"""WebSocket ``/v1/stream``: token, subscribe messages in, prepared updates out.
+
+The sender writes the hub's prepared ASGI events as they are (no per-message encoding or
+dict work here). A driver whose socket does not take a batch within the stuck limit is
+disconnected by the watchdog, and one whose outbox overflows is closed with 1013; either
+way its sender stops and nothing more is queued for it. Oversized frames never reach this
+code: uvicorn's ``ws_max_size`` closes them with 1009.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from pipeline.push.hub import Client
+from pipeline.push.service import PushService
+from pipeline.push.watch import cone_watch, corridor_watch
+from pipeline.tokens import TokenError, bearer
+
+MAX_FRAME = 64 * 1024
+WATCHDOG_S = 0.5
+
+
+def error_message(code: str, message: str) -> str:
+    return orjson.dumps({"type": "error", "code": code, "message": message}).decode()
+
+
+def _point(v: Any) -> bool:
+    return (
+        isinstance(v, list | tuple)
+        and len(v) == 2
+        and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+        and -90 <= v[0] <= 90
+        and -180 <= v[1] <= 180
+    )
+
+
+def check_subscribe(msg: Any) -> str:
+    """Why a client message is not a valid subscribe/ping, or '' when it is."""
+    if not isinstance(msg, dict):
+        return "a message is a JSON object"
+    kind = msg.get("type")
+    if kind == "ping":
+        return ""
+    if kind != "subscribe":
+        return f"unknown message type {kind!r}"
+    for name, lo, hi in (("lat", -90, 90), ("lon", -180, 180), ("heading_deg", 0, 360), ("speed_mps", 0, 90)):
+        v = msg.get(name)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            return f"{name}: a number in {lo}..{hi}"
+    route = msg.get("route")
+    if route is not None and (
+        not isinstance(route, list) or not 2 <= len(route) <= 2000 or not all(map(_point, route))
+    ):
+        return "route: 2..2000 [lat, lon] pairs"
+    dest = msg.get("destination")
+    if dest is not None and (not isinstance(dest, dict) or not _point([dest.get("lat"), dest.get("lon")])):
+        return "destination: {lat, lon} in range"
+    since = msg.get("since_version")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+        return "since_version: a non-negative integer"
+    return ""
+
+
+class StreamEndpoint:
+    """One instance per push worker; ``__call__`` serves one WebSocket."""
+
+    def __init__(self, svc: PushService, stuck_s: float) -> None:
+        self.svc = svc
+        self.stuck_s = stuck_s
+        self.sending_since: dict[Client, float] = {}
+        self.senders: dict[Client, asyncio.Task[None]] = {}
+
+    async def __call__(self, ws: WebSocket) -> None:
+        token = ws.headers.get("authorization") or (
+            f"Bearer {ws.query_params['token']}" if "token" in ws.query_params else None
+        )
+        await ws.accept()
+        try:
+            ident = self.svc.verifier.verify(bearer(token))
+        except TokenError as exc:
+            await ws.close(code=4401, reason=str(exc)[:100])
+            return
+        client = Client(device_id=ident.device_id)
+        self.svc.hub.add(client)
+        sender = self.senders[client] = asyncio.create_task(self._sender(ws, client))
+        receiver = asyncio.create_task(self._receiver(ws, client))
+        try:
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sender, receiver):
+                t.cancel()
+            self.svc.hub.remove(client)
+            self.senders.pop(client, None)
+            self.sending_since.pop(client, None)
+
+    async def _receiver(self, ws: WebSocket, client: Client) -> None:
+        hub, res = self.svc.hub, self.svc.s.cell_resolution
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                text = await ws.receive_text()
+                try:
+                    msg = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    await ws.send_text(error_message("malformed_json", "send JSON"))
+                    continue
+                problem = check_subscribe(msg)
+                if problem:
+                    await ws.send_text(error_message("bad_message", problem))
+                    continue
+                if msg["type"] != "subscribe":
+                    continue
+                lat, lon, heading = float(msg["lat"]), float(msg["lon"]), float(msg["heading_deg"])
+                dest = msg.get("destination")
+                watch = None
+                if dest is not None:
+                    watch = self.svc.plan(client, lat, lon, (float(dest["lat"]), float(dest["lon"])))
+                else:
+                    client.plan = None
+                if msg.get("route"):
+                    watch = corridor_watch([(float(a), float(b)) for a, b in msg["route"]], res)
+                origin = None
+                if watch is None:
+                    watch = cone_watch(lat, lon, heading, float(msg["speed_mps"]), res)
+                    origin = (lat, lon, heading)
+                n = hub.subscribe(client, watch, origin, int(msg.get("since_version") or 0))
+                reply = {"type": "subscribed", "cells": n}
+                await ws.send_text(orjson.dumps(reply).decode())
+
+    async def _sender(self, ws: WebSocket, client: Client) -> None:
+        send = ws.send
+        try:
+            while True:
+                await client.wake.wait()
+                if client.overflowed:
+                    self.svc.dropped.inc(reason="slow")
+                    await asyncio.wait_for(ws.close(code=1013, reason="too slow"), self.stuck_s)
+                    return
+                now = time.monotonic()
+                batch = client.take(now)
+                self.sending_since[client] = now
+                for msg in batch:
+                    await send(msg)
+                del self.sending_since[client]
+                self.svc.delivered.inc(len(batch))
+                if client.outbox:  # rate-limited: the rest coalesces meanwhile
+                    await asyncio.sleep(client.wait_s())
+        except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
+            return
+
+    async def watchdog(self) -> None:
+        """Disconnect drivers whose socket has not taken a batch for ``stuck_s``."""
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            limit = time.monotonic() - self.stuck_s
+            for client, since in list(self.sending_since.items()):
+                if since < limit:
+                    self.sending_since.pop(client, None)
+                    task = self.senders.get(client)
+                    if task is not None:
+                        self.svc.dropped.inc(reason="stuck")
+                        task.cancel()

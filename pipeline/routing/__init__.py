@@ -1,0 +1,1 @@
+"""Alternate routes: a real road network (OSM via SUMO), live edge weights, reroute decisions."""

@@ -1,0 +1,217 @@
+"""Shortest travel time over a road network weighted by live conditions.
+
+An edge's weight is the time to drive it now: for each H3 cell it crosses, the metres
+inside that cell divided by the live median speed of the cell's heading sector that
+matches the edge's direction there (capped at the speed limit), or by the speed limit
+where there is no live data; infinite where an active closure covers that cell and
+direction. A condition update touches only the edges crossing its cell.
+
+Graph library: igraph, chosen by a measured benchmark (2,000 random pairs on the
+largest strongly connected component, weights changing between calls as live speeds
+do; python 3.11, 2-core machine):
+
+    net (nodes/edges)   igraph 1.0.0        rustworkx 0.18.1    networkx 3.6.1
+    DRT   (395/740)     56 µs med, 128 p95  67 µs med, 173 p95  237 µs med, 686 p95
+    A10KW (89/125)      12 µs med,  18 p95  13 µs med,  22 p95   66 µs med, 128 p95
+
+rustworkx calls back into Python for every edge weight; igraph takes the weight
+vector whole, which is what live weights are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import igraph  # type: ignore[import-untyped]
+import numpy as np
+
+from pipeline import geo
+from pipeline.routing.network import RoadNetwork
+
+SAMPLE_M = 25.0  # step when walking an edge's shape to find the cells it crosses
+MAX_SNAP_M = 300.0  # a point further than this from any junction is off the network
+SAME_DIRECTION_DEG = 67.5  # a sector/alert within this of the edge's heading is "its" direction
+MIN_LIVE_MPS = 0.5  # a standing queue is slow, not closed
+
+
+@dataclass(frozen=True)
+class Piece:
+    """The part of an edge inside one cell, driven in one heading sector."""
+
+    cell: str
+    sector: int
+    heading_deg: float
+    metres: float
+
+
+@dataclass(frozen=True)
+class Route:
+    edges: tuple[int, ...]
+    polyline: tuple[tuple[float, float], ...]  # (lat, lon)
+    travel_s: float
+    free_flow_s: float
+    distance_m: float
+
+
+def edge_pieces(shape: tuple[tuple[float, float], ...], length_m: float, res: int) -> list[Piece]:
+    """Cells an edge crosses, in order, with the heading and metres driven in each."""
+    raw: list[list[Any]] = []
+    for (a_lat, a_lon), (b_lat, b_lon) in itertools.pairwise(shape):
+        seg = geo.distance_m(a_lat, a_lon, b_lat, b_lon)
+        if seg <= 0.0:
+            continue
+        heading = geo.bearing_deg(a_lat, a_lon, b_lat, b_lon)
+        n = max(1, math.ceil(seg / SAMPLE_M))
+        for i in range(n):
+            f = (i + 0.5) / n
+            c = geo.cell(a_lat + (b_lat - a_lat) * f, a_lon + (b_lon - a_lon) * f, res)
+            sec = geo.sector(heading)
+            if raw and raw[-1][0] == c and raw[-1][1] == sec:
+                raw[-1][3] += seg / n
+            else:
+                raw.append([c, sec, heading, seg / n])
+    total = sum(p[3] for p in raw)
+    if not raw or total <= 0.0:
+        lat, lon = shape[0]
+        return [Piece(geo.cell(lat, lon, res), 0, 0.0, length_m)]
+    k = length_m / total  # the lane length is SUMO's; the shape is only where it lies
+    return [Piece(c, sec, h, m * k) for c, sec, h, m in raw]
+
+
+class Router:
+    """A road network with live edge weights and shortest-time routes."""
+
+    def __init__(self, net: RoadNetwork, res: int = 9) -> None:
+        self.net = net
+        self.graph = igraph.Graph(n=len(net.node_ids), edges=[(e.source, e.target) for e in net.edges], directed=True)
+        self.speed_limit = np.array([e.speed_mps for e in net.edges], dtype=np.float64)
+        self.free = np.array([e.free_flow_s for e in net.edges], dtype=np.float64)
+        self.weights = self.free.copy()
+        self.pieces = [edge_pieces(e.shape, e.length_m, res) for e in net.edges]
+        self.by_cell: dict[str, set[int]] = {}
+        for i, pieces in enumerate(self.pieces):
+            for p in pieces:
+                self.by_cell.setdefault(p.cell, set()).add(i)
+        # live state, only for cells the network crosses
+        self.sector_speed: dict[str, dict[int, tuple[float, int]]] = {}  # cell -> sector -> (median, level)
+        self.closures: dict[str, tuple[str, float]] = {}  # alert id -> (cell, heading)
+        biggest = max(self.graph.connected_components(mode="strong"), key=len)
+        self._snap_nodes = np.array(sorted(biggest), dtype=np.int64)
+        self._snap_lat = net.node_lat[self._snap_nodes]
+        self._snap_lon = net.node_lon[self._snap_nodes]
+
+    # -- live state ---------------------------------------------------------------------
+
+    def on_condition(self, cell: str, cond: dict[str, Any] | None) -> set[int]:
+        """Take a cell's condition (None: tombstone); the edges whose weight changed."""
+        if cell not in self.by_cell:
+            return set()
+        if cond is None:
+            self.sector_speed.pop(cell, None)
+        else:
+            self.sector_speed[cell] = {
+                int(s["sector"]): (float(s["median_mps"]), int(s["level"])) for s in cond.get("sectors", ())
+            }
+        return self._reweigh(self.by_cell[cell])
+
+    def on_alert(self, alert: dict[str, Any]) -> set[int]:
+        """Track closures (the only alert type that makes a road impassable)."""
+        if alert.get("type") != "closure":
+            return set()
+        alert_id, cell = str(alert["id"]), str(alert["cell"])
+        old = self.closures.pop(alert_id, None)
+        if alert.get("state") != "cleared":
+            self.closures[alert_id] = (cell, float(alert["heading_deg"]))
+        touched = set(self.by_cell.get(cell, ()))
+        if old is not None:
+            touched |= self.by_cell.get(old[0], set())
+        return self._reweigh(touched)
+
+    def _reweigh(self, edges: set[int]) -> set[int]:
+        changed = set()
+        for i in edges:
+            w = self.edge_time(i)
+            if w != self.weights[i]:
+                self.weights[i] = w
+                changed.add(i)
+        return changed
+
+    def edge_time(self, i: int) -> float:
+        limit = float(self.speed_limit[i])
+        total = 0.0
+        for p in self.pieces[i]:
+            if self._closed(p):
+                return math.inf
+            live = self.sector_speed.get(p.cell, {}).get(p.sector)
+            if live is not None and live[1] >= 5:
+                return math.inf  # level 5 is a closure, even before its alert is seen here
+            speed = limit if live is None else min(limit, max(MIN_LIVE_MPS, live[0]))
+            total += p.metres / speed
+        return total
+
+    def _closed(self, p: Piece) -> bool:
+        return any(
+            c == p.cell and geo.angle_diff(h, p.heading_deg) <= SAME_DIRECTION_DEG for c, h in self.closures.values()
+        )
+
+    # -- queries --------------------------------------------------------------------------
+
+    def snap(self, lat: float, lon: float) -> int | None:
+        """The nearest routable junction, or None when nothing is within MAX_SNAP_M."""
+        kx = math.cos(math.radians(lat))
+        d2 = ((self._snap_lat - lat) ** 2 + ((self._snap_lon - lon) * kx) ** 2) * (111_195.0**2)
+        j = int(np.argmin(d2))
+        if d2[j] > MAX_SNAP_M**2:
+            return None
+        return int(self._snap_nodes[j])
+
+    def route_nodes(self, source: int, target: int) -> Route | None:
+        """Fastest route now between two junctions; None if every way is closed."""
+        if source == target:
+            lat, lon = float(self.net.node_lat[source]), float(self.net.node_lon[source])
+            return Route((), ((lat, lon), (lat, lon)), 0.0, 0.0, 0.0)
+        path = self.graph.get_shortest_path(source, target, weights=self.weights, output="epath")
+        edges = tuple(int(e) for e in path)
+        travel = float(self.weights[list(edges)].sum()) if edges else math.inf
+        if not edges or not math.isfinite(travel):
+            return None
+        return self.path(edges)
+
+    def closures_on(self, edges: tuple[int, ...]) -> list[str]:
+        """Ids of the active closures on these edges, in the direction they are driven."""
+        pieces = [p for i in edges for p in self.pieces[i]]
+        return [
+            alert_id
+            for alert_id, (cell, heading) in self.closures.items()
+            if any(p.cell == cell and geo.angle_diff(heading, p.heading_deg) <= SAME_DIRECTION_DEG for p in pieces)
+        ]
+
+    def path(self, edges: tuple[int, ...]) -> Route:
+        """The route made of these edges, with travel times as of now."""
+        poly: list[tuple[float, float]] = []
+        for i in edges:
+            shape = self.net.edges[i].shape
+            poly.extend(shape[1:] if poly and poly[-1] == shape[0] else shape)
+        idx = list(edges)
+        return Route(
+            edges,
+            tuple(poly),
+            float(self.weights[idx].sum()),
+            float(self.free[idx].sum()),
+            float(sum(self.net.edges[i].length_m for i in edges)),
+        )
+
+    def cost(self, edges: tuple[int, ...]) -> float:
+        """Travel time of given edges with the current weights (inf when one is closed)."""
+        return float(self.weights[list(edges)].sum()) if edges else 0.0
+
+    def route(self, origin: tuple[float, float], destination: tuple[float, float]) -> Route | None:
+        """Fastest route between two (lat, lon) points; raises LookupError when off the network."""
+        a, b = self.snap(*origin), self.snap(*destination)
+        if a is None or b is None:
+            which = "from" if a is None else "to"
+            raise LookupError(f"{which}: no road of the {self.net.name} network within {MAX_SNAP_M:.0f} m")
+        return self.route_nodes(a, b)

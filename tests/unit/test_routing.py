@@ -1,0 +1,123 @@
+"""pipeline.routing: the Berlin SUMO net, live weights, closures, reroute decisions."""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+import pytest
+
+from pipeline import geo
+from pipeline.routing import network
+from pipeline.routing.reroute import Plan, reconsider, worth_it
+from pipeline.routing.router import Router
+
+
+@cache
+def _router() -> Router:
+    return Router(network.load(network.sumo_net_path("DRT")))
+
+
+def _long_pair(r: Router) -> tuple[int, int]:
+    """Two far-apart junctions of the routable core (deterministic)."""
+    nodes = r._snap_nodes
+    lat, lon = r.net.node_lat[nodes], r.net.node_lon[nodes]
+    return int(nodes[int(np.argmin(lat + lon))]), int(nodes[int(np.argmax(lat + lon))])
+
+
+def test_berlin_net_is_georeferenced() -> None:
+    net = _router().net
+    # origBoundary of DRT/osm.net.xml is 13.45..13.58 E, 52.42..52.46 N (Berlin-Adlershof)
+    assert net.node_lat.min() >= 52.42 and net.node_lat.max() <= 52.46
+    assert net.node_lon.min() >= 13.45 and net.node_lon.max() <= 13.58
+    assert len(net.edges) > 500
+    e = max(net.edges, key=lambda e: e.length_m)
+    # the shape's length (great circle on un-projected points) matches SUMO's length within 3 %
+    shape_m = sum(geo.distance_m(*a, *b) for a, b in zip(e.shape, e.shape[1:], strict=False))
+    assert shape_m == pytest.approx(e.length_m, rel=0.03)
+
+
+def test_utm_inverse_known_point() -> None:
+    # reference values from PROJ (pyproj 3.7.2, EPSG:32633 -> EPSG:4326)
+    lat, lon = network.utm_to_latlon(np.array([392000.0, 420000.0]), np.array([5810000.0, 5790000.0]), 33)
+    assert lat.tolist() == pytest.approx([52.42952765228024, 52.25457126994105], abs=1e-7)
+    assert lon.tolist() == pytest.approx([13.411515496846548, 13.827997810773594], abs=1e-7)
+
+
+def test_route_follows_edges_and_times_add_up() -> None:
+    r = _router()
+    a, b = _long_pair(r)
+    route = r.route_nodes(a, b)
+    assert route is not None and route.edges
+    for e1, e2 in zip(route.edges, route.edges[1:], strict=False):
+        assert r.net.edges[e1].target == r.net.edges[e2].source
+    assert route.travel_s == pytest.approx(route.free_flow_s)  # no live data yet
+    assert route.free_flow_s == pytest.approx(sum(r.net.edges[e].free_flow_s for e in route.edges))
+    assert route.polyline[0] == pytest.approx((r.net.node_lat[a], r.net.node_lon[a]), abs=1e-3)
+
+
+def test_snap_refuses_points_off_the_network() -> None:
+    r = _router()
+    assert r.snap(52.52, 13.40) is None  # Berlin-Mitte: no road of this net within 300 m
+    with pytest.raises(LookupError, match="from"):
+        r.route((52.52, 13.40), (52.43, 13.53))
+
+
+def test_live_speed_in_the_edges_direction_only() -> None:
+    r = Router(_router().net)
+    i = max(range(len(r.net.edges)), key=lambda i: r.net.edges[i].length_m)
+    p = r.pieces[i][0]
+    free = r.weights[i]
+    opposite = (p.sector + 4) % 8
+    changed = r.on_condition(p.cell, {"sectors": [{"sector": opposite, "median_mps": 1.0, "level": 4}]})
+    assert i not in changed and r.weights[i] == free
+    r.on_condition(p.cell, {"sectors": [{"sector": p.sector, "median_mps": 1.0, "level": 4}]})
+    assert r.weights[i] > free
+    r.on_condition(p.cell, None)
+    assert r.weights[i] == pytest.approx(free)
+
+
+def test_closure_makes_an_edge_impassable_and_its_end_reopens_it() -> None:
+    r = Router(_router().net)
+    i = max(range(len(r.net.edges)), key=lambda i: r.net.edges[i].length_m)
+    p = r.pieces[i][0]
+    closure = {"id": "c-1", "type": "closure", "state": "opened", "cell": p.cell, "heading_deg": p.heading_deg}
+    assert i in r.on_alert(closure)
+    assert math.isinf(r.weights[i])
+    assert r.closures_on((i,)) == ["c-1"]
+    r.on_alert({**closure, "state": "cleared"})
+    assert math.isfinite(r.weights[i])
+    assert r.on_alert({**closure, "type": "crash"}) == set()
+
+
+def test_worth_it_threshold() -> None:
+    assert worth_it(600.0, 480.0)  # 120 s and 20 %
+    assert not worth_it(600.0, 490.0)  # 110 s
+    assert not worth_it(2000.0, 1850.0)  # 150 s but 7.5 %
+    assert worth_it(2000.0, 1790.0)
+    assert worth_it(math.inf, 900.0)
+    assert not worth_it(math.inf, math.inf)
+
+
+def test_reconsider_offers_a_way_around_a_closure_once() -> None:
+    r = Router(_router().net)
+    a, b = _long_pair(r)
+    best = r.route_nodes(a, b)
+    assert best is not None
+    plan = Plan.of(r, a, b, best)
+    assert reconsider(r, plan) is None  # nothing changed
+    # close, one by one, edges of the plan until one has a way around
+    for e in best.edges[1:-1]:
+        p = r.pieces[e][len(r.pieces[e]) // 2]
+        r.on_alert({"id": "x", "type": "closure", "state": "opened", "cell": p.cell, "heading_deg": p.heading_deg})
+        offer = reconsider(r, plan)
+        if offer is not None:
+            break
+        r.on_alert({"id": "x", "type": "closure", "state": "cleared", "cell": p.cell, "heading_deg": 0.0})
+    else:
+        pytest.fail("no closable edge with a way around on this route")
+    assert offer.blocked and offer.saved_s == 0.0
+    assert e not in offer.route.edges and math.isfinite(offer.route.travel_s)
+    assert plan.edges == offer.route.edges
+    assert reconsider(r, plan) is None  # the offered route is now the plan
