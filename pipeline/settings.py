@@ -78,6 +78,7 @@ class Settings(BaseSettings):
         "DRT", description="road network: DRT or A10KW (eclipse-sumo's Berlin nets), a .net.xml path, '' for none"
     )
     push_stuck_s: float = Field(10.0, gt=0, description="s a socket may take a batch before the driver is dropped")
+    push_rate: float = Field(50.0, gt=0, description="messages/s per driver; more coalesce in its outbox")
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,7 @@ def parse_point(name: str, text: str | None) -> tuple[float, float]:
 
 def build_app(settings: Settings) -> Starlette:
     svc = PushService(settings)
-    stream = StreamEndpoint(svc, settings.push_stuck_s)
+    stream = StreamEndpoint(svc, settings.push_stuck_s, settings.push_rate)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -101,7 +101,7 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=[
-            WebSocketRoute("/v1/stream", stream),
+            WebSocketRoute("/v1/stream", stream.serve),
             Route("/v1/route", route),
             Route("/healthz", healthz),
             Route("/readyz", readyz),

@@ -56,6 +56,7 @@ class Client:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: bool = False
     told: dict[str, int] = field(default_factory=dict)  # cell or incident id -> digest last sent
+    rate: float = RATE_PER_S
     tokens: float = BURST
     refilled: float = field(default_factory=time.monotonic)
     plan: Any = None  # the routing plan of a driver with a destination (pipeline.push.rerouting)
@@ -75,7 +76,7 @@ class Client:
 
     def take(self, now: float) -> list[Message]:
         """What the rate limit lets out now (oldest first); the rest stays and coalesces."""
-        self.tokens = min(BURST, self.tokens + (now - self.refilled) * RATE_PER_S)
+        self.tokens = min(BURST, self.tokens + (now - self.refilled) * self.rate)
         self.refilled = now
         n = int(self.tokens)
         if n >= len(self.outbox):
@@ -87,7 +88,7 @@ class Client:
 
     def wait_s(self) -> float:
         """How long until the next message may go out."""
-        return max(0.0, (1.0 - self.tokens) / RATE_PER_S)
+        return max(0.0, (1.0 - self.tokens) / self.rate)
 
 
 @dataclass

@@ -68,15 +68,16 @@ def check_subscribe(msg: Any) -> str:
 
 
 class StreamEndpoint:
-    """One instance per push worker; ``__call__`` serves one WebSocket."""
+    """One instance per push worker; ``serve`` serves one WebSocket."""
 
-    def __init__(self, svc: PushService, stuck_s: float) -> None:
+    def __init__(self, svc: PushService, stuck_s: float, rate: float) -> None:
         self.svc = svc
         self.stuck_s = stuck_s
+        self.rate = rate
         self.sending_since: dict[Client, float] = {}
         self.senders: dict[Client, asyncio.Task[None]] = {}
 
-    async def __call__(self, ws: WebSocket) -> None:
+    async def serve(self, ws: WebSocket) -> None:
         token = ws.headers.get("authorization") or (
             f"Bearer {ws.query_params['token']}" if "token" in ws.query_params else None
         )
@@ -86,7 +87,7 @@ class StreamEndpoint:
         except TokenError as exc:
             await ws.close(code=4401, reason=str(exc)[:100])
             return
-        client = Client(device_id=ident.device_id)
+        client = Client(device_id=ident.device_id, rate=self.rate)
         self.svc.hub.add(client)
         sender = self.senders[client] = asyncio.create_task(self._sender(ws, client))
         receiver = asyncio.create_task(self._receiver(ws, client))
