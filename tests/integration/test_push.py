@@ -304,3 +304,77 @@ async def test_two_workers_each_serve_their_clients(
         await publish(producer, jam)
         for ws in (one, two):
             assert (await next_of(ws, "condition"))["condition"]["version"] == jam["version"]
+
+
+def _closable_trip() -> tuple[tuple[float, float], tuple[float, float], float, str, float]:
+    """From, to, heading at the start, and a (cell, heading) on the fastest route that has a way around."""
+    from pipeline.routing import network
+    from pipeline.routing.router import Router
+
+    r = Router(network.load(network.sumo_net_path("DRT")))
+    nodes = r._snap_nodes
+    lat, lon = r.net.node_lat[nodes], r.net.node_lon[nodes]
+    a, b = int(nodes[int((lat + lon).argmin())]), int(nodes[int((lat + lon).argmax())])
+    best = r.route_nodes(a, b)
+    assert best is not None
+    for e in best.edges[1:-1]:
+        p = r.pieces[e][len(r.pieces[e]) // 2]
+        r.on_alert({"id": "probe", "type": "closure", "state": "opened", "cell": p.cell, "heading_deg": p.heading_deg})
+        around = r.route_nodes(a, b)
+        r.on_alert({"id": "probe", "type": "closure", "state": "cleared", "cell": p.cell, "heading_deg": 0.0})
+        if around is not None:
+            start = r.pieces[best.edges[0]][0].heading_deg
+            pt = lambda n: (float(r.net.node_lat[n]), float(r.net.node_lon[n]))  # noqa: E731
+            return pt(a), pt(b), start, p.cell, p.heading_deg
+    raise AssertionError("no closable edge with a way around")
+
+
+def _drives_through(polyline: list[list[float]], cell: str, heading: float) -> bool:
+    from pipeline.routing.router import SAME_DIRECTION_DEG, edge_pieces
+
+    shape = tuple((float(a), float(b)) for a, b in polyline)
+    return any(
+        p.cell == cell and geo.angle_diff(p.heading_deg, heading) <= SAME_DIRECTION_DEG
+        for p in edge_pieces(shape, 1.0, 9)
+    )
+
+
+async def test_route_and_a_reroute_around_a_closure(
+    workers: list[Proc], producer: AIOKafkaProducer, push_settings: Settings
+) -> None:
+    origin, dest, heading, cell, closed_heading = _closable_trip()
+    base = f"http://127.0.0.1:{workers[0].port}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        for params, status in (
+            ({"to": "1,2"}, 400),
+            ({"from": "abc", "to": "1,2"}, 400),
+            ({"from": "91,13.5", "to": "52.43,13.53"}, 400),
+            ({"from": "52.52,13.40", "to": f"{dest[0]},{dest[1]}"}, 422),  # Berlin-Mitte: off this network
+        ):
+            r = await http.get("/v1/route", params=params)
+            assert r.status_code == status, (params, r.text)
+            assert r.json()["message"]
+        q = {"from": f"{origin[0]},{origin[1]}", "to": f"{dest[0]},{dest[1]}"}
+        before = (await http.get("/v1/route", params=q)).json()
+        assert before["travel_s"] == pytest.approx(before["free_flow_s"]) and before["distance_m"] > 1000
+        assert _drives_through(before["polyline"], cell, closed_heading)
+
+        async with connect(ws_url(workers[0]), additional_headers=_driver(push_settings, "going-somewhere")) as ws:
+            sub = await subscribe(
+                ws,
+                lat=origin[0],
+                lon=origin[1],
+                heading_deg=heading,
+                speed_mps=10.0,
+                destination={"lat": dest[0], "lon": dest[1]},
+            )
+            assert sub["cells"] > 5  # the corridor of its route
+            closure = alert(cell, heading=closed_heading, kind="closure")
+            await publish(producer, closure)
+            msg = await next_of(ws, "reroute", timeout=15.0)
+        assert msg["blocked"] is True and msg["reason"] == closure["id"]
+        assert not _drives_through(msg["polyline"], cell, closed_heading)
+        assert msg["eta_s"] >= before["travel_s"]
+        after = (await http.get("/v1/route", params=q)).json()
+        assert not _drives_through(after["polyline"], cell, closed_heading)
+        await publish(producer, {**closure, "state": "cleared", "version": closure["version"] + 1})
