@@ -110,7 +110,8 @@ def cmd_push(args: argparse.Namespace, s: Settings) -> int:
         port=args.port or s.push_port,
         log_level="warning",
         access_log=False,
-        ws_max_size=MAX_FRAME,
+        ws_max_size=MAX_FRAME,  # a bigger client frame is closed with 1009
+        ws="websockets-sansio",  # writes each prepared frame straight to the transport (bench push)
         loop="uvloop",
     )
     return 0
@@ -195,6 +196,10 @@ def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
             if value is not None:
                 setattr(plan, "latency_s" if name == "latency_seconds" else name, value)
         return stream.main(s, plan)
+    if args.what == "push":
+        from pipeline.bench import push
+
+        return push.main(s, clients=args.clients, seconds=args.seconds, rate=args.rate or 1000.0)
     print(f"traverz bench {args.what}: not built yet", file=sys.stderr)
     return 2
 
@@ -265,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate", type=float, default=None, help="stream: pings/s in the latency phase (default 20,000)")
     b.add_argument("--latency-seconds", type=float, default=None, help="stream: latency phase length (default 30)")
     b.add_argument("--table-keys", type=int, default=None, help="stream: table keys before restarts (default 1M)")
+    b.add_argument("--clients", type=int, default=10_000, help="push: WebSocket clients (default 10,000)")
     b.set_defaults(fn=cmd_bench)
 
     d = sub.add_parser("demo", help="broker, topics, ingest, worker, push and simulated drivers")
