@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
 
-from pipeline import kafka_local
+from pipeline import kafka_local, logs
 from pipeline.settings import Settings, get_settings
 
 
@@ -50,15 +51,28 @@ def cmd_kafka(args: argparse.Namespace, s: Settings) -> int:
 
 def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
     from pipeline import kafka_io
+    from pipeline.ops import rescale, topics
 
     if args.action == "create":
-        created = asyncio.run(kafka_io.create_topics(s.bootstrap, args.partitions or s.partitions, s.replication))
-        for spec in kafka_io.TOPICS:
+        specs = rescale.data_specs(s, rescale.Generation.of(s, s.generation))
+        created = asyncio.run(
+            kafka_io.create_topics(s.bootstrap, args.partitions or s.partitions, s.replication, specs)
+        )
+        for spec in specs:
             print(f"{spec.name}: {'created' if spec.name in created else 'exists'}")
         return 0
-    counts = asyncio.run(kafka_io.describe_partitions(s.bootstrap, [t.name for t in kafka_io.TOPICS]))
-    for name, n in counts.items():
-        print(f"{name}\tpartitions={n}")
+    if args.action == "rescale":
+        if args.partitions < 1:
+            print("traverz topics rescale: --partitions N is required", file=sys.stderr)
+            return 2
+        try:
+            asyncio.run(rescale.rescale(s, args.partitions, say=lambda m: print(m, flush=True), timeout_s=args.timeout))
+        except rescale.RescaleError as exc:
+            print(f"traverz topics rescale: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    d = asyncio.run(topics.describe(s, sample_s=args.sample, group=args.group))
+    print(json.dumps(d.to_json(), ensure_ascii=False) if args.json else topics.render(d))
     return 0
 
 
@@ -90,6 +104,7 @@ def cmd_ingest(args: argparse.Namespace, s: Settings) -> int:
         host=args.host or s.ingest_host,
         port=args.port or s.ingest_port,
         log_level="warning",
+        log_config=args.log_config,  # pipeline/logs.py: --log-format for uvicorn's loggers too
         access_log=False,
         ssl_certfile=cert or None,
         ssl_keyfile=key or None,
@@ -109,6 +124,7 @@ def cmd_push(args: argparse.Namespace, s: Settings) -> int:
         host=args.host or s.push_host,
         port=args.port or s.push_port,
         log_level="warning",
+        log_config=args.log_config,  # pipeline/logs.py: --log-format for uvicorn's loggers too
         access_log=False,
         ws_max_size=MAX_FRAME,  # a bigger client frame is closed with 1009
         ws="websockets-sansio",  # writes each prepared frame straight to the transport (bench push)
@@ -141,6 +157,7 @@ def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
         "--web-host",
         s.worker_host,
     ]
+    app.conf.logging_config = logs.dict_config(args.log_config_format, args.loglevel)  # mode applies it at start
     app.main()
     return 0
 
@@ -206,6 +223,7 @@ def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="traverz", description="Traverz live-traffic backend")
+    p.add_argument("--log-format", choices=["text", "json"], default="", help=f"default ${_env('log_format')} (text)")
     sub = p.add_subparsers(dest="command", required=True)
 
     k = sub.add_parser("kafka", help="the embedded single-node Kafka broker (KRaft)")
@@ -213,9 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--wipe", action="store_true", help="with down: delete the broker's data")
     k.set_defaults(fn=cmd_kafka)
 
-    t = sub.add_parser("topics", help="create or list the Traverz topics")
-    t.add_argument("action", choices=["create", "describe"])
-    t.add_argument("--partitions", type=int, default=0, help=f"default ${_env('partitions')}")
+    t = sub.add_parser("topics", help="create, describe or rescale the Traverz topics")
+    t.add_argument("action", choices=["create", "describe", "rescale"])
+    t.add_argument("--partitions", type=int, default=0, help=f"create: default ${_env('partitions')}; rescale: N")
+    t.add_argument("--json", action="store_true", help="describe: one JSON document")
+    t.add_argument("--sample", type=float, default=1.0, help="describe: seconds of offset growth for the skew")
+    t.add_argument("--group", default="", help="describe: consumer group (default: the workers' app id)")
+    t.add_argument("--timeout", type=float, default=1800.0, help="rescale: give up after this many seconds")
     t.set_defaults(fn=cmd_topics)
 
     tok = sub.add_parser("tokens", help="device tokens")
@@ -283,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     s = get_settings()
+    args.log_config_format = args.log_format or s.log_format
+    args.log_config = logs.configure(args.log_config_format, process=args.command)
     try:
         return int(args.fn(args, s))
     except kafka_local.KafkaError as exc:
