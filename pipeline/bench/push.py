@@ -276,7 +276,10 @@ def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float 
         out["route"] = _route_latency(s, push_port)
     finally:
         push.terminate()
-        push.wait(15)
+        try:
+            push.wait(15)
+        except subprocess.TimeoutExpired:
+            push.kill()
     bare = _spawn([sys.executable, "-m", "pipeline.bench.push", "bare", str(bare_port), str(seconds + 1.0),
                    str(rate), str(clients)], env)  # fmt: skip
     try:
@@ -290,7 +293,7 @@ def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float 
         httpx.post(f"http://127.0.0.1:{bare_port}/go")
         out["bare"] = _results(cl, offered)
     finally:
-        bare.terminate()
+        bare.kill()  # its handlers hold sockets open: a graceful stop would wait for them
         bare.wait(15)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(out, indent=2))
