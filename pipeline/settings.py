@@ -20,7 +20,8 @@ TOPIC_ALERTS = "traverz.alerts.v1"
 TOPIC_DEADLETTER = "traverz.deadletter.v1"
 ALL_TOPICS = (TOPIC_PINGS, TOPIC_REPORTS, TOPIC_CONDITIONS, TOPIC_ALERTS, TOPIC_DEADLETTER)
 # Compacted, one partition: the current generation of the ping/report topics (and ingest's acks).
-TOPIC_CONTROL = "traverz.control.v1"
+# Internal to operators and ingest (not TOPIC_*: that prefix marks the published contract in AsyncAPI).
+CONTROL_TOPIC = "traverz.control.v1"
 
 
 def generation_topic(base: str, generation: int) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.ops import control
-from pipeline.settings import TOPIC_CONTROL, TOPIC_PINGS, TOPIC_REPORTS, Settings, generation_topic
+from pipeline.settings import CONTROL_TOPIC, TOPIC_PINGS, TOPIC_REPORTS, Settings, generation_topic
 
 log = logging.getLogger("traverz.ingest.generation")
 
@@ -105,7 +105,7 @@ class GenerationFollower:
                 if self._consumer is None or self._producer is None:
                     await self._open(self._grace())
                 assert self._consumer is not None
-                batch = await self._consumer.getmany(TopicPartition(TOPIC_CONTROL, 0), timeout_ms=250)
+                batch = await self._consumer.getmany(TopicPartition(CONTROL_TOPIC, 0), timeout_ms=250)
                 for msgs in batch.values():
                     for msg in msgs:
                         self.state.apply(msg.key, msg.value)

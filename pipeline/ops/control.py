@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from pipeline.settings import (
-    TOPIC_CONTROL,
+    CONTROL_TOPIC,
     TOPIC_PINGS,
     TOPIC_REPORTS,
     Settings,
@@ -92,16 +92,16 @@ async def ensure_topic(bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
     await admin.start()
     try:
-        if TOPIC_CONTROL not in set(await admin.list_topics()):
+        if CONTROL_TOPIC not in set(await admin.list_topics()):
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(TOPIC_CONTROL, 1, 1, topic_configs=CONTROL_CONFIG)])
+                await admin.create_topics([NewTopic(CONTROL_TOPIC, 1, 1, topic_configs=CONTROL_CONFIG)])
     finally:
         await admin.close()
 
 
 async def catch_up(consumer: AIOKafkaConsumer, state: ControlState) -> None:
     """Apply every control record up to the current end (the consumer is assigned to the topic)."""
-    tp = TopicPartition(TOPIC_CONTROL, 0)
+    tp = TopicPartition(CONTROL_TOPIC, 0)
     (end,) = (await consumer.end_offsets([tp])).values()
     while await consumer.position(tp) < end:
         batch = await consumer.getmany(tp, timeout_ms=500)
@@ -119,7 +119,7 @@ async def control_consumer(bootstrap: str) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",  # with "latest", a position asked before the seek lands can be the end
     )
     await consumer.start()
-    tp = TopicPartition(TOPIC_CONTROL, 0)
+    tp = TopicPartition(CONTROL_TOPIC, 0)
     consumer.assign([tp])
     await consumer.seek_to_beginning(tp)
     return consumer
@@ -138,7 +138,7 @@ async def read(settings: Settings) -> ControlState:
 
 
 async def publish(producer: AIOKafkaProducer, key: bytes, value: bytes | None) -> None:
-    await (await producer.send(TOPIC_CONTROL, value=value, key=key, partition=0))
+    await (await producer.send(CONTROL_TOPIC, value=value, key=key, partition=0))
 
 
 def heartbeat(generation: int, now: float | None = None) -> bytes:

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline import kafka_io
 from pipeline.ops import control, kafkaview, migrate
-from pipeline.settings import TOPIC_CONTROL, TOPIC_PINGS, TOPIC_REPORTS, Settings, generation_app_id, generation_topic
+from pipeline.settings import CONTROL_TOPIC, TOPIC_PINGS, TOPIC_REPORTS, Settings, generation_app_id, generation_topic
 
 QUIET_S = 2.0  # the old topics' ends must not move for this long once drained
 POLL_S = 0.5
@@ -111,7 +111,7 @@ async def rescale(
         if not resuming:
             record = control.generation_record(settings, new.number, partitions, time.time())
             await control.publish(producer, control.generation_key(settings.app_id), record)
-            say(f"published generation {new.number} on {TOPIC_CONTROL}")
+            say(f"published generation {new.number} on {CONTROL_TOPIC}")
         await _ingest_switched(settings, new.number, say, deadline)
         ends = await _drained(settings, old, say, deadline)
         say(f"generation {old.number} drained (group {old.app_id} lag 0): stop its workers now")

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from pipeline.push import mappage
 from pipeline.push.service import PushService, load_router
 from pipeline.push.stream import MAX_FRAME, StreamEndpoint, check_subscribe, error_message
 from pipeline.settings import Settings
@@ -107,6 +108,7 @@ def build_app(settings: Settings) -> Starlette:
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/v1/feed/waze.json", waze_feed),
+            *mappage.routes(svc),  # GET /map: the live map (pipeline/push/mappage.py)
         ],
         lifespan=lifespan,
     )

@@ -41,8 +41,8 @@ def prepared(payload: dict[str, Any]) -> Message:
 
 
 def same_direction(a: int, b: int) -> bool:
-    """Heading sectors within one of each other (of 8)."""
-    return (a - b) % 8 in (0, 1, 7)
+    """Heading sectors within one of each other (of 8); a negative sector (a map viewer's) matches all."""
+    return a < 0 or b < 0 or (a - b) % 8 in (0, 1, 7)
 
 
 @dataclass(eq=False)
@@ -60,11 +60,12 @@ class Client:
     tokens: float = BURST
     refilled: float = field(default_factory=time.monotonic)
     plan: Any = None  # the routing plan of a driver with a destination (pipeline.push.rerouting)
+    max_outbox: int = MAX_OUTBOX  # a map viewer (pipeline/push/mappage.py) watches far more cells
 
     def enqueue(self, key: str, msg: Message) -> None:
         self.outbox.pop(key, None)  # re-insert at the end: newest last
         self.outbox[key] = msg
-        if len(self.outbox) > MAX_OUTBOX:
+        if len(self.outbox) > self.max_outbox:
             self.overflowed = True
         self.wake.set()
 
