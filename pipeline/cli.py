@@ -169,15 +169,21 @@ def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, s: Settings) -> int:
-    from pipeline.sim import synthetic
+    if args.synthetic:  # the fast generator without SUMO, against the running stack (throughput)
+        from pipeline.sim import synthetic
 
-    return asyncio.run(
-        synthetic.drive(
-            f"http://{s.ingest_host}:{s.ingest_port}",
-            s,
-            devices=args.devices,
-            duration=args.duration,
-        )
+        url = f"http://{s.ingest_host}:{s.ingest_port}"
+        return asyncio.run(synthetic.drive(url, s, devices=args.synthetic, duration=args.duration))
+    from pipeline.sim import command
+
+    return command.main(
+        args.scenario,
+        s,
+        score=args.score,
+        speedup=args.speedup,
+        out=args.out,
+        use_running=args.use_running,
+        live=not args.quiet,
     )
 
 
@@ -262,9 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--port", type=int, default=0, help=f"default ${_env('push_port')}")
     pu.set_defaults(fn=cmd_push)
 
-    sim = sub.add_parser("simulate", help="drive the ingest proxy with simulated drivers")
-    sim.add_argument("--devices", type=int, default=300)
-    sim.add_argument("--duration", type=float, default=60.0, help="seconds (0 = until Ctrl-C)")
+    sim = sub.add_parser("simulate", help="SUMO vehicles as phones through the whole stack; --score: detection quality")
+    sim.add_argument(
+        "--scenario", action="append", default=[], help="scenario file (repeatable; default scenarios/city.toml)"
+    )
+    sim.add_argument("--score", action="store_true", help="score every scenario in scenarios/ (or those named)")
+    sim.add_argument("--speedup", type=float, default=None, help="sim time per wall second (default: the scenario's)")
+    sim.add_argument("--out", default=".traverz/sim", help="results folder: <scenario>.json/.png, score.json")
+    sim.add_argument(
+        "--use-running", action="store_true", help="drive the stack at TRAVERZ_INGEST_PORT/… instead of a fresh one"
+    )
+    sim.add_argument("--quiet", action="store_true", help="no live incident/alert lines, only the progress bar")
+    sim.add_argument("--synthetic", type=int, default=0, metavar="DEVICES", help="no SUMO: N straight-road drivers")
+    sim.add_argument("--duration", type=float, default=60.0, help="--synthetic: seconds (0 = until Ctrl-C)")
     sim.set_defaults(fn=cmd_simulate)
 
     ta = sub.add_parser("tail", help="follow conditions or alerts")
