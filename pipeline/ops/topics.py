@@ -145,7 +145,7 @@ def render(d: Description) -> str:
         for p in t.detail:
             plag = "—" if p.lag is None else str(p.lag)
             lines.append(
-                f"  p{p.partition:<3} end {p.end_offset:>10}  +{p.growth_per_s:>9.1f}/s  lag {plag:>8}"
+                f"  p{p.partition:<3} end {p.end_offset:>10}  {p.growth_per_s:>9.1f}/s  lag {plag:>8}"
                 f"  {bar(p.share, top)} {100 * p.share:5.1f}%"
             )
     return "\n".join(lines)
