@@ -258,7 +258,7 @@ class Sumo:
             reverse=True,
         )
         for p, v in cands:
-            if p > pos + 30.0 or libsumo.vehicle.getSpeed(v) < 5.0:
+            if p > pos + 30.0 or libsumo.vehicle.getSpeed(v) < 3.0:
                 continue
             fol, gap = libsumo.vehicle.getFollower(v, gap_m)
             if fol and 0.0 <= gap <= gap_m and libsumo.vehicle.getLaneID(fol) == lane_id:
