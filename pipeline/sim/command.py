@@ -35,7 +35,7 @@ def run_one(
     """One scenario end to end; writes ``<out>/<name>.json`` and ``.png``."""
     st = None
     if not use_running:
-        st = stack.start(s, out / "logs" / sc.name)
+        st = stack.start(s, out / "logs" / sc.name, routing_net=sc.network)
         s = st.settings
     ends = Endpoints(
         f"http://{s.ingest_host}:{s.ingest_port}", f"ws://{s.push_host}:{s.push_port}/v1/stream", s.bootstrap

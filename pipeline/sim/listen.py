@@ -21,6 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.settings import TOPIC_ALERTS, TOPIC_CONDITIONS
 
+JAM_LEVEL = 3
+
 
 @dataclass
 class SeenAlert:
@@ -83,9 +85,11 @@ class Tap:
         self.conditions += 1
         level = max((int(s.get("level", 0)) for s in doc.get("sectors", [])), default=0)
         cell = str(doc["cell"])
-        if self.levels.get(cell, 0) != level:
+        before = self.levels.get(cell, 0)
+        if before != level:
             self.levels[cell] = level
-            self.news.put_nowait(("condition", doc))
+            if max(before, level) >= JAM_LEVEL:  # live output: a jam forming or dissolving, not every ripple
+                self.news.put_nowait(("condition", {**doc, "level_before": before, "level_now": level}))
 
     def open_alerts(self) -> dict[str, dict[str, Any]]:
         """Latest version of every alert not cleared."""

@@ -42,6 +42,7 @@ class Phone:
     token: str
     sigma_m: float  # GPS error, 1 σ per axis
     next_ping_s: float
+    next_fix_s: float = 0.0
     seq: int = 0
     backlog: list[dict[str, Any]] = field(default_factory=list)
     in_flight: bool = False

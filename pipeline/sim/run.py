@@ -160,18 +160,18 @@ async def _loop(
             if phone is None:
                 sigma = noisy_sigma if chosen(vid, noisy_share, salt + "gps") else ph.accuracy_m / 1.5
                 dev = f"{sc.name}-{vid}-{clock.wall0:.0f}"
-                phone = phones[vid] = Phone(dev, uplink.token(dev), sigma, t)
+                phone = phones[vid] = Phone(dev, uplink.token(dev), sigma, t, next_fix_s=t)
                 run.vehicles_seen += 1
                 if chosen(vid, ph.subscriber_share, salt + "sub"):
                     sub = run.subs[vid] = run.subs_seen[vid] = Subscriber(vid, ends.push_url, phone.token)
                     sub.start()
-            if t >= phone.next_ping_s:
+            if t >= phone.next_fix_s:  # a GPS fix (every ping_interval_s unless fix_interval_s is shorter)
+                phone.next_fix_s += ph.fix_interval_s or ph.ping_interval_s
+                phone.backlog.append(phone.sample(v, ts, rng))
+            if t >= phone.next_ping_s:  # a post: every fix not yet sent, unless there is no coverage
                 phone.next_ping_s += ph.ping_interval_s
-                ping = phone.sample(v, ts, rng)
-                if any(geo.distance_m(v.lat, v.lon, la, lo) <= r for la, lo, r in open_gaps):
-                    phone.backlog.append(ping)  # no coverage: kept for later
-                else:
-                    uplink.send_pings(phone, ping)
+                if not any(geo.distance_m(v.lat, v.lon, la, lo) <= r for la, lo, r in open_gaps):
+                    uplink.send_pings(phone, None)
                 _vote(run, v, phone, voted, active, salt)
             for tr in active:
                 key = (vid, tr.index)
@@ -193,9 +193,25 @@ async def _loop(
         for line in run.rerouter.apply(run.subs, vehicles, t, chosen_share=ph.accept_reroute_share, salt=salt):
             if say:
                 say(f"[t={t:5.0f}s] {line}")
+        if say:
+            _news(run, say, t)
         if progress:
             progress(run, t)
     run.wall_s = time.time() - started
+
+
+def _news(run: Run, say: Callable[[str], None], t: float) -> None:
+    """What the system published since the last step, one line each (the live output)."""
+    while not run.tap.news.empty():
+        kind, doc = run.tap.news.get_nowait()
+        if kind == "alert":
+            why = f" ({doc['reason']})" if doc.get("reason") else ""
+            say(
+                f"[t={t:5.0f}s] ALERT {doc['state']:<7} {doc['type']:<15} {doc['id']} at {doc['lat']:.5f},"
+                f"{doc['lon']:.5f} conf {doc['confidence']:.2f}{why}"
+            )
+        else:
+            say(f"[t={t:5.0f}s] condition {doc['cell']}: level {doc['level_before']} → {doc['level_now']}")
 
 
 def _vote(run: Run, v: Vehicle, phone: Phone, voted: set[tuple[str, str]], active: list[Any], salt: str) -> None:
@@ -217,7 +233,7 @@ def _subscriptions(run: Run, sim: Sumo, vehicles: dict[str, Vehicle], t: float) 
         if v is None or (t - sub.subscribed_s < every and sub.subscribed_s >= 0):
             continue
         sub.subscribed_s = t
-        route = run.rerouter.polyline(sim.remaining_route(vid))
+        dest = run.rerouter.polyline([sim.destination(vid)])
         msg: dict[str, Any] = {
             "type": "subscribe",
             "lat": round(v.lat, 6),
@@ -225,9 +241,8 @@ def _subscriptions(run: Run, sim: Sumo, vehicles: dict[str, Vehicle], t: float) 
             "heading_deg": round(v.heading % 360.0, 1),
             "speed_mps": round(min(89.0, v.speed), 2),
         }
-        if len(route) >= 2:
-            msg["destination"] = {"lat": route[-1][0], "lon": route[-1][1]}
-            msg["route"] = [[round(a, 6), round(b, 6)] for a, b in route[:2000]]
+        if dest:  # the destination only: the push worker plans the route (and offers reroutes off it)
+            msg["destination"] = {"lat": round(dest[-1][0], 6), "lon": round(dest[-1][1], 6)}
         sub.subscribe(msg)
 
 

@@ -41,7 +41,8 @@ class Demand:
 
 @dataclass(frozen=True)
 class Phones:
-    ping_interval_s: float = 5.0
+    ping_interval_s: float = 5.0  # a post this often (the design's ~5 s)
+    fix_interval_s: float = 0.0  # a GPS fix this often, all posted together; 0: one fix per post
     report_share: float = 0.3  # of drivers who see an incident: report it (or vote on its report)
     subscriber_share: float = 0.2  # hold a /v1/stream subscription with their destination
     accept_reroute_share: float = 0.5  # of subscribers offered a reroute: take it

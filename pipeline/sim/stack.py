@@ -102,7 +102,7 @@ def _wait_ok(url: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -> 
     raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
 
 
-def start(s: Settings, logdir: Path, *, own_broker: bool = True, say: bool = True) -> SimStack:
+def start(s: Settings, logdir: Path, *, own_broker: bool = True, say: bool = True, routing_net: str = "") -> SimStack:
     """Start the stack (and a fresh broker unless ``own_broker`` is False: then ``s.bootstrap`` is used)."""
     logdir.mkdir(parents=True, exist_ok=True)
     lay = None
@@ -143,6 +143,8 @@ def start(s: Settings, logdir: Path, *, own_broker: bool = True, say: bool = Tru
             TRAVERZ_INGEST_BURST=SIM_BURST,
             PYTHONUNBUFFERED="1",
         )
+        if routing_net:  # the push worker routes (and reroutes) on the network the vehicles drive
+            env["TRAVERZ_ROUTING_NET"] = routing_net
         if say:
             print(
                 f"[sim] starting ingest :{ip}, worker :{wp}, push :{pp} (logs {logdir}/)", file=sys.stderr, flush=True

@@ -3,8 +3,8 @@
 The networks are the OpenStreetMap-derived Berlin areas the ``eclipse-sumo`` package ships
 (``sumo/tools/game/<name>/osm.net.xml``: ``DRT`` = Adlershof, 50 km/h city streets with
 traffic lights; ``A10KW`` = the southern Berliner Ring near Königs Wusterhausen, motorway and
-70 km/h roads). Coordinates are projected metres; sumolib un-projects them
-(``convertXY2LonLat``, through pyproj), and this module is the only place that does.
+70 km/h roads). Coordinates are projected metres; :mod:`pipeline.sim.net` (sumolib)
+un-projects them.
 
 libsumo runs SUMO in-process (no TraCI socket): ~130× real time with ~1,000 vehicles on this
 2-core machine (``DRT``, 1-s steps), so the simulator is never what limits a run.
@@ -12,17 +12,14 @@ libsumo runs SUMO in-process (no TraCI socket): ~130× real time with ~1,000 veh
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import libsumo  # type: ignore[import-untyped]
-import numpy as np
-import sumolib  # type: ignore[import-untyped]
 
+from pipeline.sim.net import Network as Network  # re-exported: the runner builds both
+from pipeline.sim.net import net_path as net_path
 from pipeline.sim.scenario import Demand, Event
 
 _POS, _SPEED, _ANGLE, _ROAD, _LANE, _LANEPOS = (
@@ -37,19 +34,6 @@ TraCIError = libsumo.TraCIException
 STALL_DECEL = 1.5  # m/s²: a broken-down car coasting and braking to the kerb
 
 
-def net_path(network: str) -> Path:
-    """A network name shipped with eclipse-sumo (``DRT``, ``A10KW``, …) or a path to a ``.net.xml``."""
-    p = Path(network)
-    if p.suffix == ".xml" and p.is_file():
-        return p
-    import sumo  # type: ignore[import-untyped]  # the eclipse-sumo package
-
-    path = Path(sumo.SUMO_HOME) / "tools" / "game" / network / "osm.net.xml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{network}: no such network ({path})")
-    return path
-
-
 @dataclass(frozen=True, slots=True)
 class Vehicle:
     """One vehicle at one step, as its phone would see it (exact: noise is the phone's business)."""
@@ -62,56 +46,6 @@ class Vehicle:
     edge: str
     lane: int
     pos: float  # metres along the lane
-
-
-class Network:
-    """The static network (sumolib): geo conversion, edge shapes and free-flow times."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.net = sumolib.net.readNet(str(path))
-        self._proj = self.net.getGeoProj()
-        self._off = self.net.getLocationOffset()
-        self.car_edges = [e.getID() for e in self.net.getEdges() if not e.isSpecial() and e.allows("passenger")]
-
-    def to_latlon(self, xs: Any, ys: Any) -> tuple[np.ndarray, np.ndarray]:
-        """sumolib's ``convertXY2LonLat`` for arrays of net coordinates → (lat, lon) arrays."""
-        lon, lat = self._proj(np.asarray(xs) - self._off[0], np.asarray(ys) - self._off[1], inverse=True)
-        return np.asarray(lat), np.asarray(lon)
-
-    def latlon(self, x: float, y: float) -> tuple[float, float]:
-        lon, lat = self.net.convertXY2LonLat(x, y)
-        return float(lat), float(lon)
-
-    def bbox(self) -> tuple[float, float, float, float]:
-        """(south, west, north, east) of the network."""
-        (x0, y0), (x1, y1) = self.net.getBoundary()[:2], self.net.getBoundary()[2:]
-        lat, lon = self.to_latlon([x0, x1], [y0, y1])
-        return float(lat.min()), float(lon.min()), float(lat.max()), float(lon.max())
-
-    def edge_shape(self, edge: str) -> list[tuple[float, float]]:
-        shape = self.net.getEdge(edge).getShape()
-        lat, lon = self.to_latlon([p[0] for p in shape], [p[1] for p in shape])
-        return list(zip(lat.tolist(), lon.tolist(), strict=True))
-
-    def shapes(self) -> Iterable[list[tuple[float, float]]]:
-        for e in self.car_edges:
-            yield self.edge_shape(e)
-
-    def free_s(self, edge: str) -> float:
-        e = self.net.getEdge(edge)
-        return float(e.getLength() / max(1.0, e.getSpeed()))
-
-    def point(self, edge: str, lane: int, pos: float) -> tuple[float, float, float]:
-        """(lat, lon, heading) at ``pos`` metres along a lane (< 0: its middle)."""
-        ln = self.net.getEdge(edge).getLane(lane)
-        length = ln.getLength()
-        at = length / 2 if pos < 0 else min(pos, length)
-        x, y = sumolib.geomhelper.positionAtShapeOffset(ln.getShape(), at)
-        x2, y2 = sumolib.geomhelper.positionAtShapeOffset(ln.getShape(), min(length, at + 5.0))
-        heading = (math.degrees(math.atan2(x2 - x, y2 - y)) + 360.0) % 360.0
-        lat, lon = self.latlon(x, y)
-        return lat, lon, heading
 
 
 class Sumo:
@@ -214,7 +148,8 @@ class Sumo:
             libsumo.vehicle.subscribe(vid, (_POS, _SPEED, _ANGLE, _ROAD, _LANE, _LANEPOS))
         arrived = list(libsumo.simulation.getArrivedIDList())
         res = libsumo.vehicle.getAllSubscriptionResults()
-        ids = list(res)
+        # a teleporting vehicle (SUMO's gridlock breaker) is nowhere: no road, an invalid position
+        ids = [v for v, r in res.items() if r[_ROAD] and r[_POS][0] > -1e6]
         if not ids:
             return {}, arrived
         xs = [res[v][_POS][0] for v in ids]

@@ -26,7 +26,7 @@ async def test_ci_scenario_detects_the_crash_and_the_stall_without_false_alarms(
     # many phones from one host at 6x their real rate: the per-device limit is raised for this stack
     ingest = stack.ingest(TRAVERZ_INGEST_RATE="50", TRAVERZ_INGEST_BURST="500")
     stack.worker()
-    push = stack.push()
+    push = stack.push(TRAVERZ_ROUTING_NET="A10KW")  # subscribers' destinations are on the A10 network
     sc = load(next(p for p in repo_scenarios() if p.stem == "ci"))
     ends = Endpoints(f"http://127.0.0.1:{ingest.port}", f"ws://127.0.0.1:{push.port}/v1/stream", settings.bootstrap)
 
