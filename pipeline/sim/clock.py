@@ -38,8 +38,12 @@ class SimClock:
 
     @classmethod
     def start(cls, duration_s: float, speedup: float, now: float | None = None) -> SimClock:
+        """A clock for a run of ``duration_s``: at most ``speedup``, but no faster than it takes to catch up
+        exactly at the end (the same wall time, with the phones' load spread evenly over the run)."""
         w = time.time() if now is None else now
-        return cls(w, lag_for(duration_s, speedup), max(1.0, speedup))
+        lag = lag_for(duration_s, speedup)
+        even = duration_s / (duration_s - lag) if duration_s > lag else speedup
+        return cls(w, lag, max(1.0, min(speedup, even)))
 
     @property
     def t0(self) -> float:

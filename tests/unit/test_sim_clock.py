@@ -15,12 +15,15 @@ def test_lag_is_what_the_speedup_can_catch_up_and_never_more_than_the_window_all
 
 def test_every_stamp_is_in_the_past_when_it_is_due_and_the_run_ends_caught_up() -> None:
     c = SimClock.start(300, 6.0, now=1_000_000.0)
+    assert c.speedup == 5.0  # ×5 catches up exactly at the end: the same 60 s as ×6, the load spread evenly
     for t in range(0, 301, 5):
         assert c.ts(t) <= c.due(t) + 1e-9  # the worker never sees a ping from its future
         assert c.due(t) - c.ts(t) <= MAX_LAG_S + 1e-9  # ... nor one older than its window allows
     assert c.due(300) == pytest.approx(1_000_000.0 + 60.0)  # 300 s of sim in 60 s of wall time
     assert c.ts(300) == pytest.approx(c.due(300))  # caught up at the end
-    assert c.due(60) == pytest.approx(1_000_000.0 + 10.0)  # ×6 while there is lag to eat
+    assert c.due(60) == pytest.approx(1_000_000.0 + 12.0)
+    long = SimClock.start(1000, 8.0, now=0.0)  # the lag saves 240 s of wall time whatever the speedup
+    assert long.speedup == pytest.approx(1000 / 760) and long.due(1000) == pytest.approx(760.0)
 
 
 def test_sim_at_maps_wall_times_back_through_the_marks() -> None:
