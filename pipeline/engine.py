@@ -35,7 +35,7 @@ the detector that opened them was lost (a crashed worker's moving-device state).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -44,13 +44,13 @@ import h3
 import orjson
 
 from pipeline import conditions, geo
-from pipeline.cellstate import PartitionedState
+from pipeline.cellstate import DictTable, PartitionedState, PartitionTable
 from pipeline.detect import baseline, crash, incidents, motion, stall
 from pipeline.detect.events import IncidentEvent, to_alert
 from pipeline.pings import Ping
 from pipeline.speed import CellSpeedWindow, SectorBucket
 
-Table = MutableMapping[bytes, bytes]
+Table = PartitionTable
 Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
 
 SWEEP_S = 5.0  # detectors' timers: quiet devices, crash context, report lifetimes
@@ -75,7 +75,7 @@ class Tables:
 
     @classmethod
     def in_memory(cls) -> Tables:
-        return cls({}, {}, {}, {}, {}, {})
+        return cls(DictTable(), DictTable(), DictTable(), DictTable(), DictTable(), DictTable())
 
 
 @dataclass
