@@ -39,3 +39,19 @@ integration: jars
 
 clean:
 	rm -rf $(VENV) .traverz .pytest_cache .mypy_cache .ruff_cache
+
+# The /map page's browser library (h3-js from npm, pinned by web/package-lock.json), copied where the
+# push worker serves it: nothing is fetched from the internet at run time.
+MAP_H3 := pipeline/push/static/vendor/h3-js.umd.js
+.PHONY: web chromium
+$(MAP_H3): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	mkdir -p $(dir $(MAP_H3))
+	cp web/node_modules/h3-js/dist/h3-js.umd.js $(MAP_H3)
+web: $(MAP_H3)
+
+# Debian's chromium for the /map page test (driven by playwright with executable_path; run as root)
+chromium:
+	command -v chromium || (apt-get update && apt-get install -y chromium)
+
+test: web chromium

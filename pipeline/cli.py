@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
 
-from pipeline import kafka_local
+from pipeline import kafka_local, logs
 from pipeline.settings import Settings, get_settings
 
 
@@ -50,15 +51,28 @@ def cmd_kafka(args: argparse.Namespace, s: Settings) -> int:
 
 def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
     from pipeline import kafka_io
+    from pipeline.ops import rescale, topics
 
     if args.action == "create":
-        created = asyncio.run(kafka_io.create_topics(s.bootstrap, args.partitions or s.partitions, s.replication))
-        for spec in kafka_io.TOPICS:
+        specs = rescale.data_specs(s, rescale.Generation.of(s, s.generation))
+        created = asyncio.run(
+            kafka_io.create_topics(s.bootstrap, args.partitions or s.partitions, s.replication, specs)
+        )
+        for spec in specs:
             print(f"{spec.name}: {'created' if spec.name in created else 'exists'}")
         return 0
-    counts = asyncio.run(kafka_io.describe_partitions(s.bootstrap, [t.name for t in kafka_io.TOPICS]))
-    for name, n in counts.items():
-        print(f"{name}\tpartitions={n}")
+    if args.action == "rescale":
+        if args.partitions < 1:
+            print("traverz topics rescale: --partitions N is required", file=sys.stderr)
+            return 2
+        try:
+            asyncio.run(rescale.rescale(s, args.partitions, say=lambda m: print(m, flush=True), timeout_s=args.timeout))
+        except rescale.RescaleError as exc:
+            print(f"traverz topics rescale: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    d = asyncio.run(topics.describe(s, sample_s=args.sample, group=args.group))
+    print(json.dumps(d.to_json(), ensure_ascii=False) if args.json else topics.render(d))
     return 0
 
 
@@ -90,6 +104,7 @@ def cmd_ingest(args: argparse.Namespace, s: Settings) -> int:
         host=args.host or s.ingest_host,
         port=args.port or s.ingest_port,
         log_level="warning",
+        log_config=args.log_config,  # pipeline/logs.py: --log-format for uvicorn's loggers too
         access_log=False,
         ssl_certfile=cert or None,
         ssl_keyfile=key or None,
@@ -109,8 +124,10 @@ def cmd_push(args: argparse.Namespace, s: Settings) -> int:
         host=args.host or s.push_host,
         port=args.port or s.push_port,
         log_level="warning",
+        log_config=args.log_config,  # pipeline/logs.py: --log-format for uvicorn's loggers too
         access_log=False,
-        ws_max_size=MAX_FRAME,
+        ws_max_size=MAX_FRAME,  # a bigger client frame is closed with 1009
+        ws="websockets-sansio",  # writes each prepared frame straight to the transport (bench push)
         loop="uvloop",
     )
     return 0
@@ -140,6 +157,7 @@ def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
         "--web-host",
         s.worker_host,
     ]
+    app.conf.logging_config = logs.dict_config(args.log_config_format, args.loglevel)  # mode applies it at start
     app.main()
     return 0
 
@@ -151,15 +169,21 @@ def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, s: Settings) -> int:
-    from pipeline.sim import synthetic
+    if args.synthetic:  # the fast generator without SUMO, against the running stack (throughput)
+        from pipeline.sim import synthetic
 
-    return asyncio.run(
-        synthetic.drive(
-            f"http://{s.ingest_host}:{s.ingest_port}",
-            s,
-            devices=args.devices,
-            duration=args.duration,
-        )
+        url = f"http://{s.ingest_host}:{s.ingest_port}"
+        return asyncio.run(synthetic.drive(url, s, devices=args.synthetic, duration=args.duration))
+    from pipeline.sim import command
+
+    return command.main(
+        args.scenario,
+        s,
+        score=args.score,
+        speedup=args.speedup,
+        out=args.out,
+        use_running=args.use_running,
+        live=not args.quiet,
     )
 
 
@@ -195,12 +219,17 @@ def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
             if value is not None:
                 setattr(plan, "latency_s" if name == "latency_seconds" else name, value)
         return stream.main(s, plan)
+    if args.what == "push":
+        from pipeline.bench import push
+
+        return push.main(s, clients=args.clients, seconds=args.seconds, rate=args.rate or 1000.0)
     print(f"traverz bench {args.what}: not built yet", file=sys.stderr)
     return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="traverz", description="Traverz live-traffic backend")
+    p.add_argument("--log-format", choices=["text", "json"], default="", help=f"default ${_env('log_format')} (text)")
     sub = p.add_subparsers(dest="command", required=True)
 
     k = sub.add_parser("kafka", help="the embedded single-node Kafka broker (KRaft)")
@@ -208,9 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--wipe", action="store_true", help="with down: delete the broker's data")
     k.set_defaults(fn=cmd_kafka)
 
-    t = sub.add_parser("topics", help="create or list the Traverz topics")
-    t.add_argument("action", choices=["create", "describe"])
-    t.add_argument("--partitions", type=int, default=0, help=f"default ${_env('partitions')}")
+    t = sub.add_parser("topics", help="create, describe or rescale the Traverz topics")
+    t.add_argument("action", choices=["create", "describe", "rescale"])
+    t.add_argument("--partitions", type=int, default=0, help=f"create: default ${_env('partitions')}; rescale: N")
+    t.add_argument("--json", action="store_true", help="describe: one JSON document")
+    t.add_argument("--sample", type=float, default=1.0, help="describe: seconds of offset growth for the skew")
+    t.add_argument("--group", default="", help="describe: consumer group (default: the workers' app id)")
+    t.add_argument("--timeout", type=float, default=1800.0, help="rescale: give up after this many seconds")
     t.set_defaults(fn=cmd_topics)
 
     tok = sub.add_parser("tokens", help="device tokens")
@@ -235,9 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--port", type=int, default=0, help=f"default ${_env('push_port')}")
     pu.set_defaults(fn=cmd_push)
 
-    sim = sub.add_parser("simulate", help="drive the ingest proxy with simulated drivers")
-    sim.add_argument("--devices", type=int, default=300)
-    sim.add_argument("--duration", type=float, default=60.0, help="seconds (0 = until Ctrl-C)")
+    sim = sub.add_parser("simulate", help="SUMO vehicles as phones through the whole stack; --score: detection quality")
+    sim.add_argument(
+        "--scenario", action="append", default=[], help="scenario file (repeatable; default scenarios/city.toml)"
+    )
+    sim.add_argument("--score", action="store_true", help="score every scenario in scenarios/ (or those named)")
+    sim.add_argument("--speedup", type=float, default=None, help="sim time per wall second (default: the scenario's)")
+    sim.add_argument("--out", default=".traverz/sim", help="results folder: <scenario>.json/.png, score.json")
+    sim.add_argument(
+        "--use-running", action="store_true", help="drive the stack at TRAVERZ_INGEST_PORT/… instead of a fresh one"
+    )
+    sim.add_argument("--quiet", action="store_true", help="no live incident/alert lines, only the progress bar")
+    sim.add_argument("--synthetic", type=int, default=0, metavar="DEVICES", help="no SUMO: N straight-road drivers")
+    sim.add_argument("--duration", type=float, default=60.0, help="--synthetic: seconds (0 = until Ctrl-C)")
     sim.set_defaults(fn=cmd_simulate)
 
     ta = sub.add_parser("tail", help="follow conditions or alerts")
@@ -265,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate", type=float, default=None, help="stream: pings/s in the latency phase (default 20,000)")
     b.add_argument("--latency-seconds", type=float, default=None, help="stream: latency phase length (default 30)")
     b.add_argument("--table-keys", type=int, default=None, help="stream: table keys before restarts (default 1M)")
+    b.add_argument("--clients", type=int, default=10_000, help="push: WebSocket clients (default 10,000)")
     b.set_defaults(fn=cmd_bench)
 
     d = sub.add_parser("demo", help="broker, topics, ingest, worker, push and simulated drivers")
@@ -277,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     s = get_settings()
+    args.log_config_format = args.log_format or s.log_format
+    args.log_config = logs.configure(args.log_config_format, process=args.command)
     try:
         return int(args.fn(args, s))
     except kafka_local.KafkaError as exc:

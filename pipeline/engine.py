@@ -137,6 +137,7 @@ class Engine:
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
         self.pings = 0
         self.duplicates = 0
+        self.reports = 0  # report and vote records seen (bad ones included)
 
     # -- records ------------------------------------------------------------
     def on_pings(self, batch: Sequence[Ping], partition: int, now: float) -> Output:
@@ -187,6 +188,7 @@ class Engine:
     def on_report(self, key7: str, rec: Any, partition: int, now: float) -> Output:
         """One record of ``traverz.reports.v1`` (``kind`` report or vote)."""
         out = Output()
+        self.reports += 1
         kind = rec.get("kind") if isinstance(rec, dict) else None
         book = self.books.get(key7, partition)
         try:

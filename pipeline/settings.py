@@ -19,6 +19,23 @@ TOPIC_CONDITIONS = "traverz.conditions.v1"
 TOPIC_ALERTS = "traverz.alerts.v1"
 TOPIC_DEADLETTER = "traverz.deadletter.v1"
 ALL_TOPICS = (TOPIC_PINGS, TOPIC_REPORTS, TOPIC_CONDITIONS, TOPIC_ALERTS, TOPIC_DEADLETTER)
+# Compacted, one partition: the current generation of the ping/report topics (and ingest's acks).
+# Internal to operators and ingest (not TOPIC_*: that prefix marks the published contract in AsyncAPI).
+CONTROL_TOPIC = "traverz.control.v1"
+
+
+def generation_topic(base: str, generation: int) -> str:
+    """A ping/report topic of ``generation``: generation 1 keeps today's name, later ones get ``.g<N>``.
+
+    A rescale makes a new generation (new topics, new worker app id) because Kafka remaps keys
+    when partitions are added and a faust table's partition count is fixed (faust #535).
+    """
+    return base if generation == 1 else f"{base}.g{generation}"
+
+
+def generation_app_id(app_id: str, generation: int) -> str:
+    """The faust app id (consumer group, changelog prefix) of ``generation``'s workers."""
+    return app_id if generation == 1 else f"{app_id}-g{generation}"
 
 
 def _default_home() -> Path:
@@ -78,6 +95,24 @@ class Settings(BaseSettings):
         "DRT", description="road network: DRT or A10KW (eclipse-sumo's Berlin nets), a .net.xml path, '' for none"
     )
     push_stuck_s: float = Field(10.0, gt=0, description="s a socket may take a batch before the driver is dropped")
+    push_rate: float = Field(50.0, gt=0, description="messages/s per driver; more coalesce in its outbox")
+
+    # Operations: partition generations (``traverz topics rescale``) and logs
+    generation: int = Field(1, ge=1, description="generation of the ping/report topics and worker app id")
+    log_format: str = Field("text", pattern="^(text|json)$", description="log lines: text or json")
+
+    @property
+    def pings_topic(self) -> str:
+        return generation_topic(TOPIC_PINGS, self.generation)
+
+    @property
+    def reports_topic(self) -> str:
+        return generation_topic(TOPIC_REPORTS, self.generation)
+
+    @property
+    def worker_app_id(self) -> str:
+        """The faust app id of this generation's workers (``app_id`` itself in generation 1)."""
+        return generation_app_id(self.app_id, self.generation)
 
 
 @lru_cache(maxsize=1)

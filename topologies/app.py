@@ -32,14 +32,14 @@ from pipeline.settings import (
     TOPIC_ALERTS,
     TOPIC_CONDITIONS,
     TOPIC_DEADLETTER,
-    TOPIC_PINGS,
-    TOPIC_REPORTS,
     get_settings,
 )
+from pipeline.worker_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from pipeline.worker_metrics import WorkerMetrics
 from topologies.state import ChangelogTable, Outbox
 
 settings = get_settings()
-DATADIR = settings.data_dir / f"{settings.app_id}-{settings.worker_port}"  # one per worker process
+DATADIR = settings.data_dir / f"{settings.worker_app_id}-{settings.worker_port}"  # one per worker process
 DATADIR.mkdir(parents=True, exist_ok=True)
 PUBLISH_INTERVAL_S = 0.5
 # State written back and records acknowledged this often (Kafka Streams commits every 30 s): each
@@ -49,7 +49,7 @@ FLUSH_S = 5.0
 MAX_HELD = 20_000  # ... or once a partition holds this many records
 
 app = faust.App(
-    settings.app_id,
+    settings.worker_app_id,  # per generation (traverz topics rescale): new group, new changelogs
     broker=f"kafka://{settings.bootstrap}",
     store="rocksdb://",  # faust drives RocksDB through rocksdict
     datadir=str(DATADIR),
@@ -71,8 +71,8 @@ def _raw_topic(name: str) -> Any:
     return app.topic(name, key_serializer="raw", value_serializer="raw")
 
 
-pings_topic = _raw_topic(TOPIC_PINGS)
-reports_topic = _raw_topic(TOPIC_REPORTS)
+pings_topic = _raw_topic(settings.pings_topic)
+reports_topic = _raw_topic(settings.reports_topic)
 
 
 outbox = Outbox(app.producer)
@@ -241,7 +241,9 @@ async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) ->
     previous owner wrote to the changelog since.
     """
     global assigned
-    new = {tp.partition for tp in (args[0] if args else kwargs.get("assigned", set())) if tp.topic == TOPIC_PINGS}
+    new = {
+        tp.partition for tp in (args[0] if args else kwargs.get("assigned", set())) if tp.topic == settings.pings_topic
+    }
     keep = new & assigned
     held.drop_revoked(keep)
     engine.forget_partitions(keep)
@@ -266,3 +268,18 @@ async def healthz(web: Any, request: Any) -> Any:
             "published": len(engine.published),
         }
     )
+
+
+worker_metrics = WorkerMetrics(
+    engine,
+    app,
+    outbox.published,
+    {TOPIC_CONDITIONS: "conditions", TOPIC_ALERTS: "alerts", TOPIC_DEADLETTER: "deadletter"},
+    (settings.pings_topic, settings.reports_topic),
+)
+
+
+@app.page("/metrics")
+async def metrics(web: Any, request: Any) -> Any:
+    """Prometheus text format (pipeline/worker_metrics.py)."""
+    return web.text(worker_metrics.render(), content_type=METRICS_CONTENT_TYPE)

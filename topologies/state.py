@@ -71,6 +71,8 @@ class Outbox:
         self._changelog: list[tuple[ChangelogTable, int, list[Row]]] = []
         self._partitions: dict[str, int] = {}
         self.sent = 0
+        # (topic, "record" | "tombstone") → records published (changelogs not counted): for /metrics
+        self.published: dict[tuple[str, str], int] = {}
 
     def _aiokafka(self) -> AIOKafkaProducer:
         p: AIOKafkaProducer = self._producer._ensure_producer()
@@ -88,8 +90,13 @@ class Outbox:
         if n is None:
             n = self._partitions[topic] = len(await self._aiokafka().partitions_for(topic))
         by_part: dict[int, list[Row]] = {}
+        tombstones = 0
         for key, value in records:
             by_part.setdefault((murmur2(key) & 0x7FFFFFFF) % n, []).append((key, value))
+            tombstones += value is None
+        counts = self.published
+        counts[(topic, "tombstone")] = counts.get((topic, "tombstone"), 0) + tombstones
+        counts[(topic, "record")] = counts.get((topic, "record"), 0) + len(records) - tombstones
         for part, rows in by_part.items():
             await self._send(topic, part, rows, None)
 

@@ -41,10 +41,11 @@ from pipeline.ingest.body import (
     receive_limited,
 )
 from pipeline.ingest.coalesce import Coalescer, KafkaUnavailable
+from pipeline.ingest.generation import GenerationFollower, Topics, fetch_metadata
 from pipeline.ingest.openapi import OPENAPI
 from pipeline.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, Registry
 from pipeline.ratelimit import TokenBuckets
-from pipeline.settings import TOPIC_PINGS, TOPIC_REPORTS, Settings
+from pipeline.settings import Settings
 from pipeline.tokens import DeviceIdentity, TokenError, TokenVerifier, bearer, parse_keys
 
 REPORT_TYPES = frozenset({"crash", "road_work", "stalled_vehicle", "hazard", "closure"})
@@ -132,8 +133,11 @@ def _first_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, str]:
 class IngestService:
     """Handlers around the pure validation; one per process."""
 
-    def __init__(self, settings: Settings, sink: Sink, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: Settings, sink: Sink, clock: Callable[[], float] = time.time, topics: Topics | None = None
+    ) -> None:
         self.s = settings
+        self.topics = topics or Topics.of(settings)  # switched live to a new generation (GenerationFollower)
         self.sink = sink
         self.clock = clock
         self.verifier = TokenVerifier(
@@ -151,8 +155,8 @@ class IngestService:
         )
         self.batch_sizes = m.histogram("traverz_ingest_batch_pings", "pings per request", SIZE_BUCKETS)
         self.coalescer = Coalescer(
-            lambda records, timeout: sink.send_all(TOPIC_PINGS, records, timeout),
-            lambda: sink.partitions(TOPIC_PINGS),
+            lambda records, timeout: sink.send_all(self.topics.pings, records, timeout),
+            lambda: sink.partitions(self.topics.pings),
             key_res=settings.key_resolution,
             cell_res=settings.cell_resolution,
             linger_s=LINGER_S,
@@ -163,6 +167,7 @@ class IngestService:
         c = self.coalescer
         m.counter("traverz_ingest_flushes_total", "coalesced produce calls for pings", lambda: c.flushes)
         m.counter("traverz_ingest_records_total", "Kafka records the pings went out in", lambda: c.records)
+        m.gauge("traverz_ingest_generation", "generation of the topics produced to", lambda: self.topics.generation)
 
     # -- shared steps ---------------------------------------------------------
     def _auth(self, request: Request) -> DeviceIdentity:
@@ -294,7 +299,7 @@ class IngestService:
         }
         if doc.get("text"):
             record["text"] = doc["text"]
-        await self._produce(TOPIC_REPORTS, [(key.encode(), orjson.dumps(record))])
+        await self._produce(self.topics.reports, [(key.encode(), orjson.dumps(record))])
         return json_response(request, 202, {"id": report_id})
 
     async def post_vote(self, request: Request, ident: DeviceIdentity) -> Response:
@@ -316,7 +321,7 @@ class IngestService:
             "ts": now,
             "ingest_ts": now,
         }
-        await self._produce(TOPIC_REPORTS, [(key.encode(), orjson.dumps(record))])
+        await self._produce(self.topics.reports, [(key.encode(), orjson.dumps(record))])
         return json_response(request, 202, {"report_id": report_id, "vote": doc["vote"]})
 
 
@@ -533,13 +538,16 @@ def build_app(settings: Settings, sink: Sink | None = None) -> FrontDoor:
 
         # the proxy starts (and stays up, answering 503) while Kafka is away; the coalescer
         # already lingers, so the producer need not linger as well
-        kafka = KafkaSink(lambda: durable_producer(settings, linger_ms=0), topics=(TOPIC_PINGS,))
+        kafka = KafkaSink(lambda: durable_producer(settings, linger_ms=0), topics=(settings.pings_topic,))
         await kafka.start(wait=3.0)
         service = holder["svc"] = IngestService(settings, kafka)
+        follower = GenerationFollower(settings, service.topics, lambda topic: fetch_metadata(kafka.producer, topic))
+        await follower.start()  # the newest generation before the first request (traverz topics rescale)
         try:
             yield
         finally:
             await service.coalescer.drain()
+            await follower.stop()
             await kafka.stop()
 
     def svc() -> IngestService:

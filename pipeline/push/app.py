@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from pipeline.push import mappage
 from pipeline.push.service import PushService, load_router
 from pipeline.push.stream import MAX_FRAME, StreamEndpoint, check_subscribe, error_message
 from pipeline.settings import Settings
@@ -39,7 +40,7 @@ def parse_point(name: str, text: str | None) -> tuple[float, float]:
 
 def build_app(settings: Settings) -> Starlette:
     svc = PushService(settings)
-    stream = StreamEndpoint(svc, settings.push_stuck_s)
+    stream = StreamEndpoint(svc, settings.push_stuck_s, settings.push_rate)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -101,12 +102,13 @@ def build_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=[
-            WebSocketRoute("/v1/stream", stream),
+            WebSocketRoute("/v1/stream", stream.serve),
             Route("/v1/route", route),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             Route("/v1/feed/waze.json", waze_feed),
+            *mappage.routes(svc),  # GET /map: the live map (pipeline/push/mappage.py)
         ],
         lifespan=lifespan,
     )

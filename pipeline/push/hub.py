@@ -41,8 +41,8 @@ def prepared(payload: dict[str, Any]) -> Message:
 
 
 def same_direction(a: int, b: int) -> bool:
-    """Heading sectors within one of each other (of 8)."""
-    return (a - b) % 8 in (0, 1, 7)
+    """Heading sectors within one of each other (of 8); a negative sector (a map viewer's) matches all."""
+    return a < 0 or b < 0 or (a - b) % 8 in (0, 1, 7)
 
 
 @dataclass(eq=False)
@@ -56,14 +56,16 @@ class Client:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: bool = False
     told: dict[str, int] = field(default_factory=dict)  # cell or incident id -> digest last sent
+    rate: float = RATE_PER_S
     tokens: float = BURST
     refilled: float = field(default_factory=time.monotonic)
     plan: Any = None  # the routing plan of a driver with a destination (pipeline.push.rerouting)
+    max_outbox: int = MAX_OUTBOX  # a map viewer (pipeline/push/mappage.py) watches far more cells
 
     def enqueue(self, key: str, msg: Message) -> None:
         self.outbox.pop(key, None)  # re-insert at the end: newest last
         self.outbox[key] = msg
-        if len(self.outbox) > MAX_OUTBOX:
+        if len(self.outbox) > self.max_outbox:
             self.overflowed = True
         self.wake.set()
 
@@ -75,7 +77,7 @@ class Client:
 
     def take(self, now: float) -> list[Message]:
         """What the rate limit lets out now (oldest first); the rest stays and coalesces."""
-        self.tokens = min(BURST, self.tokens + (now - self.refilled) * RATE_PER_S)
+        self.tokens = min(BURST, self.tokens + (now - self.refilled) * self.rate)
         self.refilled = now
         n = int(self.tokens)
         if n >= len(self.outbox):
@@ -87,7 +89,7 @@ class Client:
 
     def wait_s(self) -> float:
         """How long until the next message may go out."""
-        return max(0.0, (1.0 - self.tokens) / RATE_PER_S)
+        return max(0.0, (1.0 - self.tokens) / self.rate)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pipeline.feeds import waze
 from pipeline.feeds.bbox import parse_bbox
 from pipeline.metrics import Registry
+from pipeline.push.delivery import DeliveryLatency
 from pipeline.push.hub import Client, Hub, prepared
 from pipeline.push.watch import corridor_watch
 from pipeline.routing import network
@@ -62,6 +63,7 @@ class PushService:
         self.delivered = m.counter("traverz_push_messages_sent_total", "messages written to sockets")
         self.dropped = m.counter("traverz_push_clients_dropped_total", "clients disconnected, by reason")
         self.reroutes = m.counter("traverz_push_reroutes_total", "reroute suggestions sent")
+        self.delivery = DeliveryLatency(m)  # updated_at → socket (pipeline/push/delivery.py)
 
     async def consume(self) -> None:
         """Follow both topics from the beginning; news only after catching up."""

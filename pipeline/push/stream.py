@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from pipeline.push import mappage
 from pipeline.push.hub import Client
 from pipeline.push.service import PushService
 from pipeline.push.watch import cone_watch, corridor_watch
@@ -49,6 +50,8 @@ def check_subscribe(msg: Any) -> str:
         return ""
     if kind != "subscribe":
         return f"unknown message type {kind!r}"
+    if "bbox" in msg:  # a map viewer: every cell of a box (pipeline/push/mappage.py)
+        return mappage.check_bbox(msg)
     for name, lo, hi in (("lat", -90, 90), ("lon", -180, 180), ("heading_deg", 0, 360), ("speed_mps", 0, 90)):
         v = msg.get(name)
         if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
@@ -68,15 +71,16 @@ def check_subscribe(msg: Any) -> str:
 
 
 class StreamEndpoint:
-    """One instance per push worker; ``__call__`` serves one WebSocket."""
+    """One instance per push worker; ``serve`` serves one WebSocket."""
 
-    def __init__(self, svc: PushService, stuck_s: float) -> None:
+    def __init__(self, svc: PushService, stuck_s: float, rate: float) -> None:
         self.svc = svc
         self.stuck_s = stuck_s
+        self.rate = rate
         self.sending_since: dict[Client, float] = {}
         self.senders: dict[Client, asyncio.Task[None]] = {}
 
-    async def __call__(self, ws: WebSocket) -> None:
+    async def serve(self, ws: WebSocket) -> None:
         token = ws.headers.get("authorization") or (
             f"Bearer {ws.query_params['token']}" if "token" in ws.query_params else None
         )
@@ -86,7 +90,7 @@ class StreamEndpoint:
         except TokenError as exc:
             await ws.close(code=4401, reason=str(exc)[:100])
             return
-        client = Client(device_id=ident.device_id)
+        client = Client(device_id=ident.device_id, rate=self.rate)
         self.svc.hub.add(client)
         sender = self.senders[client] = asyncio.create_task(self._sender(ws, client))
         receiver = asyncio.create_task(self._receiver(ws, client))
@@ -115,6 +119,9 @@ class StreamEndpoint:
                     continue
                 if msg["type"] != "subscribe":
                     continue
+                if "bbox" in msg:
+                    await self._view(ws, client, msg["bbox"])
+                    continue
                 lat, lon, heading = float(msg["lat"]), float(msg["lon"]), float(msg["heading_deg"])
                 dest = msg.get("destination")
                 watch = None
@@ -132,6 +139,17 @@ class StreamEndpoint:
                 reply = {"type": "subscribed", "cells": n}
                 await ws.send_text(orjson.dumps(reply).decode())
 
+    async def _view(self, ws: WebSocket, client: Client, bbox: list[float]) -> None:
+        """The map viewer's subscription: all directions of every cell in the box, at a viewer's rate."""
+        try:
+            watch = mappage.bbox_watch(bbox, self.svc.s.cell_resolution)
+        except ValueError as exc:
+            await ws.send_text(error_message("bad_message", str(exc)))
+            return
+        client.rate, client.max_outbox, client.plan = mappage.VIEWER_RATE, mappage.VIEWER_OUTBOX, None
+        n = self.svc.hub.subscribe(client, watch)
+        await ws.send_text(orjson.dumps({"type": "subscribed", "cells": n}).decode())
+
     async def _sender(self, ws: WebSocket, client: Client) -> None:
         send = ws.send
         try:
@@ -148,6 +166,7 @@ class StreamEndpoint:
                     await send(msg)
                 del self.sending_since[client]
                 self.svc.delivered.inc(len(batch))
+                self.svc.delivery.sent(batch)
                 if client.outbox:  # rate-limited: the rest coalesces meanwhile
                     await asyncio.sleep(client.wait_s())
         except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):

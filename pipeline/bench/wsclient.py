@@ -1,0 +1,133 @@
+"""A minimal WebSocket client on a bare asyncio protocol: many connections, little CPU.
+
+For ``traverz bench push`` (10,000 sockets from one process) and for tests that need a
+client the ``websockets`` library would not give: one that stops reading with a tiny
+receive buffer. It speaks just enough RFC 6455: the upgrade, masked text frames out,
+unmasked frames in (server frames are never masked), close frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+OP_TEXT, OP_CLOSE = 0x1, 0x8
+
+
+def client_frame(text: str, opcode: int = OP_TEXT) -> bytes:
+    """A masked client frame (RFC 6455 §5.3)."""
+    payload = text.encode()
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    mask = os.urandom(4)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big") if n else 0
+    masked = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big") if n else b""
+    return head + mask + masked
+
+
+def upgrade_request(host: str, port: int, path: str, token: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
+class WsClient(asyncio.Protocol):
+    """Counts text frames; ``on_text(payload, now)`` sees each one (for latency samples)."""
+
+    def __init__(self, request: bytes, on_text: Callable[[bytes, float], None] | None = None) -> None:
+        self.request = request
+        self.on_text = on_text
+        self.buf = b""
+        self.upgraded = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+        self.close_code: int | None = None
+        self.texts = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def send_text(self, text: str) -> None:
+        assert self.transport is not None
+        self.transport.write(client_frame(text))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if not self.upgraded.done():
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            status = buf[: buf.find(b"\r\n")]
+            if b" 101 " not in status:
+                self.upgraded.set_exception(ConnectionError(status.decode(errors="replace")))
+                return
+            self.upgraded.set_result(None)
+            buf = buf[end + 4 :]
+        pos, size = 0, len(buf)
+        now = time.time()
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1] & 0x7F
+            hdr = 2
+            if b1 == 126:
+                if size - pos < 4:
+                    break
+                b1, hdr = (buf[pos + 2] << 8) | buf[pos + 3], 4
+            elif b1 == 127:
+                if size - pos < 10:
+                    break
+                b1, hdr = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+            if size - pos < hdr + b1:
+                break
+            opcode = b0 & 0x0F
+            if opcode == OP_TEXT:
+                self.texts += 1
+                if self.on_text is not None:
+                    self.on_text(buf[pos + hdr : pos + hdr + b1], now)
+            elif opcode == OP_CLOSE and not self.closed.done():
+                self.close_code = struct.unpack_from("!H", buf, pos + hdr)[0] if b1 >= 2 else 1005
+            pos += hdr + b1
+        self.buf = buf[pos:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.upgraded.done():
+            self.upgraded.set_exception(ConnectionError("closed before the upgrade"))
+        if not self.closed.done():
+            self.closed.set_result(self.close_code)
+
+
+async def connect(
+    host: str,
+    port: int,
+    token: str,
+    path: str = "/v1/stream",
+    on_text: Callable[[bytes, float], None] | None = None,
+    rcvbuf: int = 0,
+) -> WsClient:
+    """An upgraded connection; ``rcvbuf`` > 0 shrinks the kernel receive buffer (a slow phone)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, port))
+    _, proto = await loop.create_connection(
+        lambda: WsClient(upgrade_request(host, port, path, token), on_text), sock=sock
+    )
+    await proto.upgraded
+    return proto

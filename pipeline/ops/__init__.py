@@ -1,0 +1,1 @@
+"""Operator tools: topic descriptions, partition rescale, the generation control topic."""
