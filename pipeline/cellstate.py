@@ -22,10 +22,33 @@ copy): e.g. a moving device's last ping, which only matters for its next ping.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+Row = tuple[bytes, bytes | None]  # (key, value); None deletes the key
+
+
+class PartitionTable(Protocol):
+    """A byte table split in partitions (a faust table: one RocksDB and changelog partition each)."""
+
+    def read(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def write(self, partition: int, rows: list[Row]) -> None: ...
+
+
+class DictTable(dict[bytes, bytes]):
+    """Every partition in one dict: for tests and tools (keys never repeat across partitions)."""
+
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        return self.get(key)
+
+    def write(self, partition: int, rows: list[Row]) -> None:
+        for key, value in rows:
+            if value is None:
+                self.pop(key, None)
+            else:
+                self[key] = value
 
 
 def _always(_: object) -> bool:
@@ -37,7 +60,7 @@ class PartitionedState(Generic[T]):
 
     def __init__(
         self,
-        table: MutableMapping[bytes, bytes],
+        table: PartitionTable,
         encode: Callable[[T], bytes],
         decode: Callable[[bytes], T],
         empty: Callable[[T], bool],
@@ -60,7 +83,7 @@ class PartitionedState(Generic[T]):
         """The value of ``key``; reads the table only inside an event of ``partition``."""
         v = self.values.get(key)
         if v is None:
-            raw = self.table.get(key.encode())
+            raw = self.table.read(partition, key.encode())
             if raw is not None:
                 v = self.values[key] = self.decode(raw)
                 self.partition_of[key] = partition
@@ -109,7 +132,8 @@ class PartitionedState(Generic[T]):
         keys = self.dirty.pop(partition, None)
         if not keys:
             return 0
-        table, values, stored = self.table, self.values, self.stored
+        values, stored, encode = self.values, self.stored, self.encode
+        rows: list[Row] = []
         for key in keys:
             v = values.get(key)
             if v is None or self.empty(v):
@@ -117,14 +141,16 @@ class PartitionedState(Generic[T]):
                 self.partition_of.pop(key, None)
                 if key in stored:
                     stored.discard(key)
-                    table.pop(key.encode(), None)
+                    rows.append((key.encode(), None))
             elif self.persist(v):
-                table[key.encode()] = self.encode(v)
+                rows.append((key.encode(), encode(v)))
                 stored.add(key)
-                self.writes += 1
             elif key in stored:
                 stored.discard(key)
-                table.pop(key.encode(), None)
+                rows.append((key.encode(), None))
+        if rows:
+            self.table.write(partition, rows)
+            self.writes += len(rows)
         return len(keys)
 
     def items(self) -> Iterator[tuple[str, T]]:

@@ -52,6 +52,24 @@ def sample_bucket(samples: int) -> str:
     return "100+"
 
 
+Reading = tuple[SectorStats, float, int, float]  # stats, free flow, level, jam factor
+
+
+def readings(
+    stats: Mapping[int, SectorStats], *, min_devices: int, free_flow: Mapping[int, float] | None, closed: bool
+) -> list[Reading]:
+    """The sectors that pass the k threshold, with their free flow, level and jam factor, by sector."""
+    out = []
+    for sec in sorted(stats):
+        s = stats[sec]
+        if s.devices < min_devices:
+            continue
+        ff = (free_flow or {}).get(sec) or DEFAULT_FREE_FLOW_MPS
+        ratio = s.median_mps / ff
+        out.append((s, ff, 5 if closed else level_for(ratio), 10.0 if closed else jam_factor_for(ratio)))
+    return out
+
+
 def build_condition(
     cell: str,
     stats: Mapping[int, SectorStats],
@@ -62,29 +80,26 @@ def build_condition(
     free_flow: Mapping[int, float] | None = None,
     incidents: Sequence[str] = (),
     closed: bool = False,
+    sector_readings: list[Reading] | None = None,
 ) -> dict[str, Any] | None:
     """The condition for ``cell``, or None when no sector passes the k threshold."""
-    sectors = []
-    for sec in sorted(stats):
-        s = stats[sec]
-        if s.devices < min_devices:
-            continue
-        ff = (free_flow or {}).get(sec) or DEFAULT_FREE_FLOW_MPS
-        ratio = s.median_mps / ff
-        sectors.append(
-            {
-                "sector": sec,
-                "heading_deg": geo.sector_heading(sec),
-                "mean_mps": round(s.mean_mps, 2),
-                "median_mps": round(s.median_mps, 2),
-                "p85_mps": round(s.p85_mps, 2),
-                "samples": s.samples,
-                "devices": s.devices,
-                "free_flow_mps": round(ff, 2),
-                "level": 5 if closed else level_for(ratio),
-                "jam_factor": 10.0 if closed else jam_factor_for(ratio),
-            }
-        )
+    rs = readings(stats, min_devices=min_devices, free_flow=free_flow, closed=closed) if sector_readings is None \
+        else sector_readings
+    sectors = [
+        {
+            "sector": s.sector,
+            "heading_deg": geo.sector_heading(s.sector),
+            "mean_mps": round(s.mean_mps, 2),
+            "median_mps": round(s.median_mps, 2),
+            "p85_mps": round(s.p85_mps, 2),
+            "samples": s.samples,
+            "devices": s.devices,
+            "free_flow_mps": round(ff, 2),
+            "level": level,
+            "jam_factor": jam,
+        }
+        for s, ff, level, jam in rs
+    ]
     if not sectors and not incidents:
         return None
     lat, lon = geo.cell_center(cell)
@@ -102,6 +117,26 @@ def build_condition(
         "sample_bucket": sample_bucket(max(total, 3)),
         "window_s": WINDOW_S,
     }
+
+
+def unchanged(prev: Mapping[str, Any], rs: list[Reading], incidents: Sequence[str], now: float) -> bool:
+    """True when a condition built from ``rs`` would not be material against ``prev``.
+
+    The same rules as :func:`is_material`, read off the sector readings, so a cell
+    whose news is not material costs no message build (most re-evaluations).
+    """
+    if not rs or list(incidents) != prev["incidents"] or now - float(prev["updated_at"]) >= HEARTBEAT_S:
+        return False
+    old = prev["sectors"]
+    if len(old) != len(rs) or max(level for _, _, level, _ in rs) != prev["level"]:
+        return False
+    for (s, _, level, _), o in zip(rs, old, strict=True):  # both sorted by sector
+        if o["sector"] != s.sector or o["level"] != level:
+            return False
+        base = max(float(o["median_mps"]), 0.5)
+        if abs(round(s.median_mps, 2) - base) / base > MATERIAL_SPEED_CHANGE:
+            return False
+    return True
 
 
 def is_material(prev: Mapping[str, Any] | None, new: Mapping[str, Any], now: float) -> bool:

@@ -66,6 +66,23 @@ class SectorStats:
     devices: int
 
 
+def _copy(b: SectorBucket) -> SectorBucket:
+    return SectorBucket(b.n, b.total, dict(b.hist), set(b.devices))
+
+
+def _merge_into(merged: dict[int, SectorBucket], sec: int, b: SectorBucket) -> None:
+    m = merged.get(sec)
+    if m is None:
+        merged[sec] = _copy(b)
+        return
+    m.n += b.n
+    m.total += b.total
+    hist = m.hist
+    for k, v in b.hist.items():
+        hist[k] = hist.get(k, 0) + v
+    m.devices |= b.devices
+
+
 def _quantile(hist: dict[int, int], n: int, q: float) -> float:
     rank = q * (n - 1)
     seen = 0
@@ -82,6 +99,11 @@ class CellSpeedWindow:
 
     buckets: dict[int, dict[int, SectorBucket]] = field(default_factory=dict)
     seen: dict[str, SeqWindow] = field(default_factory=dict)
+    added: int = 0  # pings counted by this copy (not persisted): how much changed since a reading
+    # merged buckets before the open one, for stats(): (window key, open bucket start, per sector).
+    # Closed buckets rarely change (a late ping), the open one always does: a reading merges two
+    # things instead of ten. Not persisted; dropped whenever a closed bucket changes.
+    _closed: tuple[int, int, dict[int, SectorBucket]] | None = field(default=None, compare=False, repr=False)
 
     def accept(self, device: str, seq: int, now: float) -> bool:
         """Record ``(device, seq)``; False if it was already counted here."""
@@ -113,6 +135,8 @@ class CellSpeedWindow:
         sectors = self.buckets.get(start)
         if sectors is None:
             sectors = self.buckets[start] = {}
+        if self._closed is not None and start < self._closed[1]:
+            self._closed = None  # a late ping changed a closed bucket
         sec = int(((heading + _HALF_SECTOR) % 360.0) // geo.SECTOR_WIDTH)  # geo.sector, inlined: hot path
         bucket = sectors.get(sec)
         if bucket is None:
@@ -123,11 +147,13 @@ class CellSpeedWindow:
         b = int(speed * BIN_PER_MPS)
         hist[b] = hist.get(b, 0) + 1
         bucket.devices.add(device)
+        self.added += 1
         return True
 
     def expire(self, now: float) -> list[tuple[int, dict[int, SectorBucket]]]:
         """Drop buckets and dedupe entries that can no longer matter; returns the dropped buckets."""
         oldest = now - WINDOW_S - BUCKET_S
+        self._closed = None
         dropped = [(start, self.buckets.pop(start)) for start in [s for s in self.buckets if s + BUCKET_S <= oldest]]
         for dev in [d for d, e in self.seen.items() if e.last_seen < now - DEVICE_TTL_S]:
             del self.seen[dev]
@@ -137,33 +163,47 @@ class CellSpeedWindow:
         return not self.buckets and not self.seen
 
     def stats(self, now: float) -> dict[int, SectorStats]:
-        """Per-sector statistics over the window ending at ``now``."""
+        """Per-sector statistics over the window ending at ``now``.
+
+        A bucket counts while it overlaps the window and has begun (a phone with a
+        fast clock stamps pings ahead of ``now``).
+        """
         lo = now - WINDOW_S
-        merged: dict[int, SectorBucket] = {}
-        for start, sectors in self.buckets.items():
-            if start + BUCKET_S <= lo or start > now:
-                continue  # over, or stamped ahead of now by a phone's fast clock
-            for sec, b in sectors.items():
-                m = merged.get(sec)
-                if m is None:
-                    m = merged[sec] = SectorBucket()
-                m.n += b.n
-                m.total += b.total
+        open_start = int(now // BUCKET_S) * BUCKET_S
+        key = int((lo - BUCKET_S) // BUCKET_S)  # which bucket starts overlap: start > lo - BUCKET_S
+        c = self._closed
+        if c is None or c[0] != key or c[1] != open_start:
+            closed: dict[int, SectorBucket] = {}
+            for start, sectors in self.buckets.items():
+                if start + BUCKET_S > lo and start < open_start:
+                    for sec, bucket in sectors.items():
+                        _merge_into(closed, sec, bucket)
+            c = self._closed = (key, open_start, closed)
+        closed = c[2]
+        now_open = self.buckets.get(open_start) or {}
+        out: dict[int, SectorStats] = {}
+        for sec in closed.keys() | now_open.keys():
+            a, b = closed.get(sec), now_open.get(sec)
+            if a is None or b is None:
+                m = a or b
+                assert m is not None
+                n, total, hist, devices = m.n, m.total, m.hist, len(m.devices)
+            else:
+                n, total, hist = a.n + b.n, a.total + b.total, dict(a.hist)
                 for k, v in b.hist.items():
-                    m.hist[k] = m.hist.get(k, 0) + v
-                m.devices |= b.devices
-        return {
-            sec: SectorStats(
-                sector=sec,
-                mean_mps=m.total / m.n,
-                median_mps=_quantile(m.hist, m.n, 0.5),
-                p85_mps=_quantile(m.hist, m.n, 0.85),
-                samples=m.n,
-                devices=len(m.devices),
-            )
-            for sec, m in merged.items()
-            if m.n
-        }
+                    hist[k] = hist.get(k, 0) + v
+                seen = a.devices
+                devices = len(seen) + sum(1 for d in b.devices if d not in seen)
+            if n:
+                out[sec] = SectorStats(
+                    sector=sec,
+                    mean_mps=total / n,
+                    median_mps=_quantile(hist, n, 0.5),
+                    p85_mps=_quantile(hist, n, 0.85),
+                    samples=n,
+                    devices=devices,
+                )
+        return out
 
     # -- persistence: compact JSON, int keys as strings --------------------
     def to_bytes(self) -> bytes:

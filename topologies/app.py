@@ -19,15 +19,12 @@ the detectors ignoring pings older than what they saw.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
-import weakref
 from typing import Any
 
 import faust
 import orjson
-from faust.streams import _current_event  # private: lets the timer write a partition's rows (see Held)
 
 from pipeline import pings
 from pipeline.engine import Engine, Output, RecordProblem, Tables
@@ -39,6 +36,7 @@ from pipeline.settings import (
 )
 from pipeline.worker_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pipeline.worker_metrics import WorkerMetrics
+from topologies.state import ChangelogTable, Outbox
 
 settings = get_settings()
 DATADIR = settings.data_dir / f"{settings.worker_app_id}-{settings.worker_port}"  # one per worker process
@@ -75,48 +73,15 @@ def _raw_topic(name: str) -> Any:
 
 pings_topic = _raw_topic(settings.pings_topic)
 reports_topic = _raw_topic(settings.reports_topic)
-conditions_topic = _raw_topic(TOPIC_CONDITIONS)
-alerts_topic = _raw_topic(TOPIC_ALERTS)
-deadletter_topic = _raw_topic(TOPIC_DEADLETTER)
 
 
-class Changelogs:
-    """The delivery futures of every changelog record our table writes caused.
-
-    Faust's pre-commit flush gives up after 0.1 s without progress, and even a
-    drained producer buffer can still have one message on its way to aiokafka;
-    awaiting each changelog record's own future is the only exact "it is in
-    Kafka". Wraps ``Table.send_changelog`` of each table (faust API, per instance).
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[asyncio.Future[Any]] = []
-
-    def watch(self, table: Any) -> Any:
-        send = table.send_changelog
-
-        def send_changelog(*args: Any, **kwargs: Any) -> Any:
-            fut = send(*args, **kwargs)
-            self.pending.append(fut)
-            return fut
-
-        table.send_changelog = send_changelog
-        return table
-
-    async def delivered(self) -> None:
-        """Until the broker acknowledged every changelog record written so far (and whatever else was sent)."""
-        futs, self.pending = self.pending, []
-        await app.producer.flush()  # hurries aiokafka's linger; alerts sent so far go with it
-        if futs:
-            await asyncio.gather(*futs)
+outbox = Outbox(app.producer)
 
 
-changelogs = Changelogs()
-
-
-def _table(name: str) -> Any:
-    # bytes in, bytes out: our own compact encodings, no faust.Record
-    return changelogs.watch(app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes))
+def _table(name: str) -> ChangelogTable:
+    # bytes in, bytes out: our own compact encodings, no faust.Record; written a batch at a time
+    table = app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    return ChangelogTable(table, outbox)
 
 
 engine = Engine(
@@ -152,10 +117,8 @@ def dead_letter(event: faust.types.EventT[bytes], reason: str) -> bytes:
 
 
 async def ship(out: Output) -> None:
-    for key, value in out.alerts:
-        await alerts_topic.send(key=key, value=value)
-    for key, cond in out.conditions:
-        await conditions_topic.send(key=key, value=cond)
+    await outbox.publish(TOPIC_ALERTS, out.alerts)
+    await outbox.publish(TOPIC_CONDITIONS, out.conditions)
 
 
 class Held:
@@ -173,8 +136,9 @@ class Held:
     state when the worker is killed right after. A crash now only replays
     unacknowledged records, and the per-device seq dedupe counts them once.
 
-    Faust binds a table write to the current event's partition, so each
-    partition is written under the last event held for it (``_current_event``).
+    The write-back goes around faust's per-key table path (see
+    :mod:`topologies.state`): a partition's rows are one RocksDB batch and one
+    Kafka batch.
     """
 
     def __init__(self) -> None:
@@ -195,13 +159,9 @@ class Held:
         try:
             batch, self.events = self.events, {}
             self.released_at = now
-            for part, events in batch.items():
-                token = _current_event.set(weakref.ref(events[-1]))
-                try:
-                    engine.flush(part, now)
-                finally:
-                    _current_event.reset(token)
-            await changelogs.delivered()
+            for part in batch:
+                engine.flush(part, now)
+            await outbox.delivered()
             for events in batch.values():
                 for ev in events:
                     ev.ack()
@@ -232,7 +192,7 @@ async def ping_agent(stream: faust.StreamT[bytes]) -> None:
         try:
             _, _, batch = pings.decode_record(event.value)
         except pings.RecordError as exc:
-            await deadletter_topic.send(key=event.message.key, value=dead_letter(event, str(exc)))
+            await outbox.publish(TOPIC_DEADLETTER, [(event.message.key or b"", dead_letter(event, str(exc)))])
             await held.hold(event, time.time())  # acknowledged in offset order with the rest (faust #606)
             continue
         now = time.time()
@@ -253,7 +213,7 @@ async def report_agent(stream: faust.StreamT[bytes]) -> None:
         try:
             out = engine.on_report(key, orjson.loads(event.value or b"null"), event.message.partition, now)
         except (orjson.JSONDecodeError, RecordProblem) as exc:
-            await deadletter_topic.send(key=event.message.key, value=dead_letter(event, str(exc)))
+            await outbox.publish(TOPIC_DEADLETTER, [(event.message.key or b"", dead_letter(event, str(exc)))])
             await held.hold(event, now)
             continue
         await ship(out)
@@ -313,7 +273,8 @@ async def healthz(web: Any, request: Any) -> Any:
 worker_metrics = WorkerMetrics(
     engine,
     app,
-    {"conditions": conditions_topic, "alerts": alerts_topic, "deadletter": deadletter_topic},
+    outbox.published,
+    {TOPIC_CONDITIONS: "conditions", TOPIC_ALERTS: "alerts", TOPIC_DEADLETTER: "deadletter"},
     (settings.pings_topic, settings.reports_topic),
 )
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import orjson
 
-from pipeline.cellstate import PartitionedState
+from pipeline.cellstate import DictTable, PartitionedState
 from pipeline.speed import CellSpeedWindow
 
 
-def _state(table: dict[bytes, bytes] | None = None) -> tuple[PartitionedState[list[int]], dict[bytes, bytes]]:
-    t: dict[bytes, bytes] = {} if table is None else table
+def _state(table: dict[bytes, bytes] | None = None) -> tuple[PartitionedState[list[int]], DictTable]:
+    t = DictTable(table or {})
     st: PartitionedState[list[int]] = PartitionedState(
         t, encode=orjson.dumps, decode=orjson.loads, empty=lambda v: not v
     )
@@ -113,7 +113,7 @@ def test_items_is_a_snapshot() -> None:
 
 def test_with_speed_windows() -> None:
     st: PartitionedState[CellSpeedWindow] = PartitionedState(
-        {}, encode=CellSpeedWindow.to_bytes, decode=CellSpeedWindow.from_bytes, empty=CellSpeedWindow.is_empty
+        DictTable(), encode=CellSpeedWindow.to_bytes, decode=CellSpeedWindow.from_bytes, empty=CellSpeedWindow.is_empty
     )
     w = CellSpeedWindow()
     w.add("d", 1, 1000.0, 10.0, 0.0, 1000.0)

@@ -6,6 +6,8 @@ import copy
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import conditions, geo
 from pipeline.conditions import DEFAULT_FREE_FLOW_MPS, build_condition, is_material, next_version
@@ -156,3 +158,30 @@ def test_next_version_is_epoch_ms_and_strictly_increasing() -> None:
         assert nv > v
         v = nv
     assert v == int((NOW + 5) * 1000) + 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_unchanged_agrees_with_is_material_on_the_built_condition(data: st.DataObject) -> None:
+    # the engine skips building a message when `unchanged` says so: it must never hide a material change
+    def stats() -> dict[int, SectorStats]:
+        out = {}
+        for sec in data.draw(st.sets(st.integers(0, 7), max_size=3)):
+            med = data.draw(st.floats(0.0, 40.0))
+            out[sec] = SectorStats(sec, med, med, med + 1, data.draw(st.integers(3, 50)), data.draw(st.integers(1, 6)))
+        return out
+
+    cell = geo.cell(52.52, 13.405, 9)
+    kw = {"min_devices": 3, "free_flow": {0: 14.0, 4: 20.0}}
+    inc_before = data.draw(st.lists(st.sampled_from(["a", "b"]), unique=True, max_size=2))
+    prev = build_condition(cell, stats(), now=1000.0, version=1, incidents=sorted(inc_before), **kw)
+    if prev is None:
+        return
+    now = 1000.0 + data.draw(st.floats(0.0, 90.0))
+    closed = data.draw(st.booleans())
+    new_stats = stats()
+    incidents = sorted(data.draw(st.lists(st.sampled_from(["a", "b"]), unique=True, max_size=2)))
+    rs = conditions.readings(new_stats, min_devices=3, free_flow=kw["free_flow"], closed=closed)
+    new = build_condition(cell, new_stats, now=now, version=2, incidents=incidents, closed=closed, **kw)
+    if conditions.unchanged(prev, rs, incidents, now):
+        assert new is not None and not is_material(prev, new, now)

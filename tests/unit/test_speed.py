@@ -244,3 +244,44 @@ def test_samples_equal_distinct_device_seq(data: st.DataObject) -> None:
     assert accepted == len(base)
     assert _samples(w) == len(set(base))
     assert sum(s.devices for s in w.stats(NOW).values()) >= len({d for d, _ in base})
+
+
+def _naive_stats(w: CellSpeedWindow, now: float) -> dict[int, tuple[int, float, int, float, float]]:
+    """Every in-window bucket merged from scratch: what the cached reading must equal."""
+    merged: dict[int, tuple[int, float, dict[int, int], set[str]]] = {}
+    for start, sectors in w.buckets.items():
+        if start + BUCKET_S <= now - WINDOW_S or start > now:
+            continue
+        for sec, b in sectors.items():
+            n, total, hist, devs = merged.get(sec, (0, 0.0, {}, set()))
+            for k, v in b.hist.items():
+                hist[k] = hist.get(k, 0) + v
+            merged[sec] = (n + b.n, total + b.total, hist, devs | b.devices)
+    out = {}
+    for sec, (n, total, hist, devs) in merged.items():
+        ranks = sorted(k for k, c in hist.items() for _ in range(c))
+        out[sec] = (n, round(total / n, 9), len(devs), (ranks[int(0.5 * (n - 1))] + 0.5) / BIN_PER_MPS,
+                    (ranks[int(0.85 * (n - 1))] + 0.5) / BIN_PER_MPS)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_cached_reading_equals_a_full_merge_through_late_pings_and_expiry(data: st.DataObject) -> None:
+    # the closed buckets are merged once and reused; late pings and expiry must invalidate that
+    w = CellSpeedWindow()
+    now = 10_000.0
+    seqs: dict[str, int] = {}
+    for _ in range(data.draw(st.integers(5, 80))):
+        now += data.draw(st.floats(0.0, 40.0))
+        dev = f"d{data.draw(st.integers(0, 6))}"
+        seqs[dev] = seqs.get(dev, 0) + 1
+        late = data.draw(st.floats(0.0, 200.0))  # backlog uploads land in closed buckets
+        w.add(dev, seqs[dev], now - late, data.draw(st.floats(0.0, 40.0)), data.draw(st.sampled_from([0.0, 180.0])),
+              now)
+        if data.draw(st.booleans()):
+            got = {s.sector: (s.samples, round(s.mean_mps, 9), s.devices, s.median_mps, s.p85_mps)
+                   for s in w.stats(now).values()}
+            assert got == _naive_stats(w, now)
+        if data.draw(st.integers(0, 9)) == 0:
+            w.expire(now)
