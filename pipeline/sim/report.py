@@ -91,7 +91,7 @@ def _f(x: Any, fmt: str = "{:.0f}") -> str:
 def table(results: list[dict[str, Any]]) -> str:
     """The score table: one block per scenario, then the pooled figures against the targets."""
     lines = []
-    head = f"{'scenario':<12} {'type':<16} {'det':>7} {'rate':>6} {'TTD med':>8} {'TTD p90':>8}"
+    head = f"{'scenario':<12} {'type':<16} {'det':>7} {'rate':>6} {'TTD med':>8} {'TTD p90':>8}   probes alone"
     for r in results:
         sc = r["score"]
         lines.append(
@@ -102,7 +102,8 @@ def table(results: list[dict[str, Any]]) -> str:
         for ty, row in sorted(sc["detection"].items()):
             lines.append(
                 f"{'':<12} {ty:<16} {row['detected']:>3}/{row['incidents']:<3} {row['rate']:>6.0%} "
-                f"{_f(row['ttd_median_s']):>7}s {_f(row['ttd_p90_s']):>7}s"
+                f"{_f(row['ttd_median_s']):>7}s {_f(row['ttd_p90_s']):>7}s   "
+                f"{row.get('probe_detected', 0)}/{row['incidents']} TTD {_f(row.get('probe_ttd_median_s'))}s"
             )
         fa = sc["false_alarms"]
         lines.append(
@@ -131,6 +132,7 @@ def table(results: list[dict[str, Any]]) -> str:
             if row:
                 lines.append(
                     f"{ty:<16} detection {row['detected']}/{row['incidents']} = {row['rate']:.0%} "
+                    f"(probes alone {row['probe_detected']}/{row['incidents']}, TTD {_f(row['probe_ttd_median_s'])}s) "
                     f"(target ≥{score.DETECTION_TARGET[ty]:.0%}); TTD median {_f(row['ttd_median_s'])}s "
                     f"p90 {_f(row['ttd_p90_s'])}s (target ≤{score.TTD_TARGET_S[ty]:.0f}s)"
                 )

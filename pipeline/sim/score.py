@@ -121,19 +121,20 @@ def source(alert_id: str) -> str:
 def score(inp: Inputs) -> dict[str, Any]:
     per_type: dict[str, dict[str, Any]] = {}
     detections: dict[int, Opened] = {}
+    probes = [a for a in inp.opened if source(a.id) == "probe"]
     for i, t in enumerate(inp.truths):
         d = detection(t, inp.opened)
-        row = per_type.setdefault(t.type, {"incidents": 0, "detected": 0, "ttd_s": []})
+        row = per_type.setdefault(t.type, {"incidents": 0, "detected": 0, "ttd_s": [], "probe_ttd_s": []})
         row["incidents"] += 1
         if d is not None:
             detections[i] = d
             row["detected"] += 1
             row["ttd_s"].append(round(d.sim_s - t.start_s, 1))
+        p = detection(t, probes)  # the probe detectors alone (drivers' reports often come first)
+        if p is not None:
+            row["probe_ttd_s"].append(round(p.sim_s - t.start_s, 1))
     for row in per_type.values():
-        ttd = row["ttd_s"]
-        row["rate"] = row["detected"] / row["incidents"]
-        row["ttd_median_s"] = quantile(ttd, 0.5)
-        row["ttd_p90_s"] = quantile(ttd, 0.9)
+        _summary(row)
     scored = [a for a in inp.opened if a.sim_s >= inp.warmup_s]
     false = [a for a in scored if not explained(a, inp.truths)]
     vh = inp.vehicle_hours
@@ -151,6 +152,14 @@ def score(inp: Inputs) -> dict[str, Any]:
         "delivery": _delivery(inp, detections),
         "reroute": _reroute(inp.reroutes),
     }
+
+
+def _summary(row: dict[str, Any]) -> None:
+    row["rate"] = row["detected"] / row["incidents"]
+    row["ttd_median_s"] = quantile(row["ttd_s"], 0.5)
+    row["ttd_p90_s"] = quantile(row["ttd_s"], 0.9)
+    row["probe_detected"] = len(row["probe_ttd_s"])
+    row["probe_ttd_median_s"] = quantile(row["probe_ttd_s"], 0.5)
 
 
 def _delivery(inp: Inputs, detections: dict[int, Opened]) -> dict[str, Any]:
@@ -209,16 +218,15 @@ def merged(results: list[dict[str, Any]]) -> dict[str, Any]:
     vh = 0.0
     for r in results:
         for ty, row in r["detection"].items():
-            acc = det.setdefault(ty, {"incidents": 0, "detected": 0, "ttd_s": []})
+            acc = det.setdefault(ty, {"incidents": 0, "detected": 0, "ttd_s": [], "probe_ttd_s": []})
             acc["incidents"] += row["incidents"]
             acc["detected"] += row["detected"]
             acc["ttd_s"] += row["ttd_s"]
+            acc["probe_ttd_s"] += row.get("probe_ttd_s", [])
         fa += r["false_alarms"]["count"]
         vh += r["vehicle_hours"]
     for row in det.values():
-        row["rate"] = row["detected"] / row["incidents"]
-        row["ttd_median_s"] = quantile(row["ttd_s"], 0.5)
-        row["ttd_p90_s"] = quantile(row["ttd_s"], 0.9)
+        _summary(row)
     return {
         "detection": det,
         "false_alarms": fa,

@@ -72,7 +72,8 @@ class Sumo:
                 "--ignore-route-errors",
                 "true",
                 "--time-to-teleport",
-                "300",  # SUMO's gridlock breaker; a teleport is logged, not hidden
+                "900",  # SUMO's gridlock breaker, beyond any blockage of the scenarios: a car stuck
+                # behind a closure must wait, not jump past it (that would flatter the decliners)
                 "--collision.action",
                 "warn",
             ]

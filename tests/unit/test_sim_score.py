@@ -44,6 +44,9 @@ def test_detection_rate_and_time_to_detect() -> None:
         "rate": 1.0,
         "ttd_median_s": 15.0,
         "ttd_p90_s": 15.0,
+        "probe_ttd_s": [15.0],
+        "probe_detected": 1,
+        "probe_ttd_median_s": 15.0,
     }
     assert res["detection"]["stalled_vehicle"]["ttd_median_s"] == 95.0
     assert res["false_alarms"]["count"] == 0
@@ -63,6 +66,12 @@ def test_wrong_type_too_far_or_too_early_is_no_detection() -> None:
     # the first two are explained by the crash (its queue), the early one is a false alarm
     assert [a["id"] for a in res["false_alarms"]["alerts"]] == ["x-7"]
     assert verdicts(res)["detection_crash"] is False
+
+
+def test_a_report_alert_detects_but_probes_alone_are_counted_apart() -> None:
+    alerts = [opened("i-1", "crash", at(CRASH, 20), 101.0), opened("x-1", "crash", at(CRASH, 10), 140.0)]
+    row = score(Inputs([CRASH], alerts, vehicle_hours=1.0))["detection"]["crash"]
+    assert row["ttd_s"] == [1.0] and row["probe_ttd_s"] == [40.0] and row["probe_detected"] == 1
 
 
 def test_false_alarms_per_1000_vehicle_hours_by_source_and_warmup() -> None:
