@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     )
     push_stuck_s: float = Field(10.0, gt=0, description="s a socket may take a batch before the driver is dropped")
     push_rate: float = Field(50.0, gt=0, description="messages/s per driver; more coalesce in its outbox")
+    push_tick_ms: float = Field(
+        0.0, ge=0, le=1000, description="ms between delivery passes under sustained news (0: every loop turn)"
+    )
 
     # Operations: partition generations (``traverz topics rescale``) and logs
     generation: int = Field(1, ge=1, description="generation of the ping/report topics and worker app id")

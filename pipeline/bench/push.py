@@ -28,9 +28,13 @@ import orjson
 
 from pipeline import geo
 from pipeline.bench import wsclient
+from pipeline.push.frames import text_frame
 from pipeline.settings import TOPIC_CONDITIONS, Settings
 
 FANOUT = 100  # drivers per spot; each condition reaches about this many
+CLIENT_PROCS = 2  # client processes sharing the drivers (one would be the bottleneck before the server)
+WARMUP_S = 1.0  # after 'go', before counting: the producer and the consumer get going
+SAMPLE_EVERY = 40  # one frame in this many has its latency read
 SPOT_LAT, SPOT_LON = 52.3000, 13.9000  # away from every test's and the demo's cells
 OUT = Path("artifacts/bench-push.json")
 
@@ -75,82 +79,96 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-# -- the client process ------------------------------------------------------------------
+# -- the client processes -----------------------------------------------------------------
 
 
-async def run_clients(port: int, clients: int, seconds: float, token: str) -> None:
-    """Connect, subscribe, say 'ready', count for ``seconds`` after 'go' on stdin, print results."""
+async def run_clients(port: int, clients: int, part: int, parts: int, seconds: float, token: str) -> None:
+    """Hold drivers ``part``, ``part + parts``, … of ``clients``; 'ready'; on 'go' count for ``seconds``
+    after ``WARMUP_S``; on 'end' report (window counts, all frames since 'go', CPU seconds)."""
     raise_fd_limit()
-    lat_samples: list[float] = []
-    state = {"on": False, "n": 0}
-
-    def on_text(payload: bytes, now: float) -> None:
-        if not state["on"]:
-            return
-        state["n"] += 1
-        if state["n"] % 8 == 0:  # a sample, not every frame: parsing costs the client CPU
-            i = payload.find(b'"updated_at":')
-            if i >= 0:
-                j = payload.find(b",", i)
-                lat_samples.append(now - float(payload[i + 13 : j]))
-
+    tally = wsclient.Tally(SAMPLE_EVERY)
+    loop = asyncio.get_running_loop()
     conns: list[wsclient.WsClient] = []
     places = spots(clients)
-    for k in range(0, clients, 500):
-        batch = await asyncio.gather(
-            *(wsclient.connect("127.0.0.1", port, token, on_text=on_text) for _ in range(min(500, clients - k)))
-        )
-        for i, c in enumerate(batch, start=k):
+    mine = list(range(part, clients, parts))
+    for k in range(0, len(mine), 500):
+        idx = mine[k : k + 500]
+        batch = await asyncio.gather(*(wsclient.connect("127.0.0.1", port, token, tally=tally) for _ in idx))
+        for i, c in zip(idx, batch, strict=True):
             lat, lon = places[i % len(places)]
             c.send_text(orjson.dumps({"type": "subscribe", "lat": lat, "lon": lon, "heading_deg": 0.0,
                                       "speed_mps": 5.0}).decode())  # fmt: skip
         conns += batch
     await asyncio.sleep(2.0)
     print(json.dumps({"ready": len(conns)}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    state["on"] = True
-    t0 = time.monotonic()
+    await loop.run_in_executor(None, sys.stdin.readline)
+    texts0 = sum(c.texts for c in conns)
+    await asyncio.sleep(WARMUP_S)
+    cpu0, t0 = _cpu_s(), time.monotonic()
+    tally.on = True
     await asyncio.sleep(seconds)
-    got, elapsed = state["n"], time.monotonic() - t0
-    state["on"] = False
-    closed = sum(1 for c in conns if c.closed.done())
-    print(json.dumps({"received": got, "seconds": elapsed, "closed": closed, "lat": lat_samples}), flush=True)
+    tally.on = False
+    elapsed, cpu = time.monotonic() - t0, _cpu_s() - cpu0
+    await loop.run_in_executor(None, sys.stdin.readline)
+    closed, since_go = sum(1 for c in conns if c.closed.done()), sum(c.texts for c in conns) - texts0
+    print(json.dumps({"received": tally.frames, "seconds": elapsed, "cpu_s": cpu, "closed": closed,
+                      "all_since_go": since_go, "lat": tally.latencies}), flush=True)  # fmt: skip
     for c in conns:
         if c.transport is not None:
             c.transport.abort()
 
 
+def _cpu_s(pid: int | None = None, kernel: bool = True) -> float:
+    """User (+ system, with ``kernel``) CPU seconds of a process (this one by default)."""
+    if pid is None:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + (ru.ru_stime if kernel else 0.0)
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + (int(fields[12]) if kernel else 0)) / os.sysconf("SC_CLK_TCK")
+
+
 # -- the bare broadcast server -------------------------------------------------------------
 
 
-def bare_app(seconds: float, rate: float, clients: int) -> Any:
-    """Sends ``rate`` condition messages/s, each to its spot's FANOUT sockets, once POST /go arrives."""
+def bare_app(rate: float, clients: int) -> Any:
+    """On POST /go?seconds=S: ``rate`` condition messages/s for S s, each to its spot's FANOUT sockets.
+
+    The least a broadcast can do: the message encoded once as one frame, written to each
+    socket's transport (pipeline/push/frames.py), one write per message and socket.
+    """
     from starlette.applications import Starlette
+    from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket
 
-    groups: list[list[WebSocket]] = [[] for _ in spots(clients)]
+    from pipeline.push.frames import RawSocket, raw_socket
+
+    groups: list[list[RawSocket]] = [[] for _ in spots(clients)]
     cells = target_cells(clients, 9)
     done = asyncio.Event()
 
     async def stream(ws: WebSocket) -> None:
         await ws.accept()
         await ws.receive_text()  # the subscribe
-        groups[sum(len(g) for g in groups) % len(groups)].append(ws)
+        sock = raw_socket(ws)
+        assert sock is not None, "the bare server runs on uvicorn's websockets-sansio"
+        groups[sum(len(g) for g in groups) % len(groups)].append(sock)
         await done.wait()
 
-    async def go(request: Any) -> Any:
+    async def go(request: Request) -> Any:
+        seconds = float(request.query_params["seconds"])
+
         async def blast() -> None:
             t0, n = time.monotonic(), 0
             while (now := time.monotonic()) - t0 < seconds:
                 due = int((now - t0) * rate)
                 for i in range(n, due):
                     cell = cells[i % len(cells)]
-                    text = orjson.dumps({"type": "condition", "condition": condition(cell, i, i % 2 == 0)})
-                    msg = {"type": "websocket.send", "text": text.decode()}
-                    for ws in groups[i % len(groups)]:
-                        await ws.send(msg)
+                    cond = condition(cell, i, (i // len(cells)) % 2 == 0)
+                    frame = text_frame(orjson.dumps({"type": "condition", "condition": cond}))
+                    for sock in groups[i % len(groups)]:
+                        sock.write(frame)
                 n = max(n, due)
                 await asyncio.sleep(0.005)
             done.set()
@@ -184,7 +202,8 @@ def _wait_http(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"not ready: {url}")
 
 
-async def _produce(s: Settings, clients: int, rate: float, seconds: float) -> int:
+async def _produce(s: Settings, clients: int, rate: float, seconds: float) -> dict[str, float]:
+    """``rate`` conditions/s for ``seconds``, each news for its spot's drivers; what was really offered."""
     from aiokafka import AIOKafkaProducer
 
     cells = target_cells(clients, s.cell_resolution)
@@ -200,29 +219,68 @@ async def _produce(s: Settings, clients: int, rate: float, seconds: float) -> in
                 n = i + 1
             await asyncio.sleep(0.002)
         await p.flush()
+        elapsed = time.monotonic() - t0
     finally:
         await p.stop()
-    return n
+    return {"produced": n, "seconds": elapsed, "conditions_per_s": n / elapsed}
 
 
-def _clients(port: int, clients: int, seconds: float, token: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "pipeline.bench.push", "clients", str(port), str(clients), str(seconds), token]
-    proc = _spawn(args, env, stdin=True)
-    assert proc.stdout is not None
-    ready = json.loads(proc.stdout.readline())
-    if ready.get("ready") != clients:
-        raise RuntimeError(f"client process: {ready}")
-    return proc
+def _clients(port: int, clients: int, seconds: float, token: str, env: dict[str, str]) -> list[subprocess.Popen[str]]:
+    procs = []
+    for part in range(CLIENT_PROCS):
+        args = [sys.executable, "-m", "pipeline.bench.push", "clients", str(port), str(clients), str(part),
+                str(CLIENT_PROCS), str(seconds), token]  # fmt: skip
+        procs.append(_spawn(args, env, stdin=True))
+    ready = 0
+    for proc in procs:
+        assert proc.stdout is not None
+        ready += json.loads(proc.stdout.readline()).get("ready", 0)
+    if ready != clients:
+        raise RuntimeError(f"client processes: {ready} of {clients} connected")
+    return procs
 
 
-def _results(proc: subprocess.Popen[str], offered: float) -> dict[str, Any]:
-    assert proc.stdout is not None
-    r = json.loads(proc.stdout.readline())
-    proc.wait(30)
-    lat = r.pop("lat")
-    return {"msgs_per_s": r["received"] / r["seconds"], "offered_msgs_per_s": offered, "received": r["received"],
-            "clients_closed": r["closed"], "latency_p50_ms": pct(lat, 0.5) * 1000,
-            "latency_p99_ms": pct(lat, 0.99) * 1000, "latency_samples": len(lat)}  # fmt: skip
+def _tell(procs: list[subprocess.Popen[str]], line: str) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+
+
+def _results(procs: list[subprocess.Popen[str]], offered: float) -> dict[str, Any]:
+    """Say 'end', sum what the client processes counted."""
+    _tell(procs, "end")
+    rs = []
+    for proc in procs:
+        assert proc.stdout is not None
+        rs.append(json.loads(proc.stdout.readline()))
+        proc.wait(30)
+    lat = [x for r in rs for x in r["lat"]]
+    received, seconds = sum(r["received"] for r in rs), max(r["seconds"] for r in rs)
+    return {"msgs_per_s": received / seconds, "offered_msgs_per_s": offered, "received": received,
+            "window_s": seconds, "received_since_go": sum(r["all_since_go"] for r in rs),
+            "clients_closed": sum(r["closed"] for r in rs), "client_cpu_s": sum(r["cpu_s"] for r in rs),
+            "latency_p50_ms": pct(lat, 0.5) * 1000, "latency_p99_ms": pct(lat, 0.99) * 1000,
+            "latency_max_ms": max(lat, default=float("nan")) * 1000, "latency_samples": len(lat)}  # fmt: skip
+
+
+def _settled(push_port: int, timeout: float = 60.0) -> float:
+    """The worker's count of messages written, once it stopped growing (1 s apart)."""
+    last, deadline = -1.0, time.monotonic() + timeout
+    while (now := _sent(push_port)) != last and time.monotonic() < deadline:
+        last = now
+        time.sleep(1.0)
+    return now
+
+
+def _sent(push_port: int) -> float:
+    """The push worker's own count of messages written (traverz_push_messages_sent_total)."""
+    import httpx
+
+    for line in httpx.get(f"http://127.0.0.1:{push_port}/metrics").text.splitlines():
+        if line.startswith("traverz_push_messages_sent_total"):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def _route_latency(s: Settings, push_port: int) -> dict[str, Any]:
@@ -251,15 +309,21 @@ def _route_latency(s: Settings, push_port: int) -> dict[str, Any]:
 
 
 def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float = 1000.0) -> int:
+    import logging
+
+    import httpx
+
     from pipeline import tokens
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per route request otherwise
     raise_fd_limit()
     token = tokens.issue("bench-driver", secret=s.token_secret, kid=s.token_kid, issuer=s.token_issuer,
                          audience=s.token_audience, ttl_s=3600)  # fmt: skip
     env = dict(os.environ)
     env.update(TRAVERZ_BOOTSTRAP=s.bootstrap, TRAVERZ_TOKEN_SECRET=s.token_secret, PYTHONUNBUFFERED="1")
     offered = rate * FANOUT
-    out: dict[str, Any] = {"clients": clients, "fanout": FANOUT, "rate_conditions_per_s": rate, "seconds": seconds}
+    out: dict[str, Any] = {"clients": clients, "fanout": FANOUT, "rate_conditions_per_s": rate, "seconds": seconds,
+                           "warmup_s": WARMUP_S, "client_processes": CLIENT_PROCS, "cpus": os.cpu_count()}  # fmt: skip
     push_port, bare_port = 18181, 18182
     push = _spawn([sys.executable, "-m", "pipeline.cli", "push", "--port", str(push_port)], env)
     try:
@@ -268,11 +332,14 @@ def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float 
         cl = _clients(push_port, clients, seconds, token, env)
         out["push_rss_mb"] = rss_kb(push.pid) / 1024
         out["bytes_per_driver"] = (rss_kb(push.pid) - rss0) * 1024 / clients
-        assert cl.stdin is not None
-        cl.stdin.write("go\n")
-        cl.stdin.flush()
-        asyncio.run(_produce(s, clients, rate, seconds + 1.0))
+        sent0, cpu0, user0 = _sent(push_port), _cpu_s(push.pid), _cpu_s(push.pid, kernel=False)
+        _tell(cl, "go")
+        out["producer"] = asyncio.run(_produce(s, clients, rate, WARMUP_S + seconds + 0.5))
+        sent1 = _settled(push_port)  # a worker behind is still writing: both counts once it is done
         out["push"] = _results(cl, offered)
+        out["push"]["server_sent_since_go"] = sent1 - sent0
+        out["push"]["server_cpu_s"] = _cpu_s(push.pid) - cpu0
+        out["push"]["server_user_cpu_s"] = _cpu_s(push.pid, kernel=False) - user0
         out["route"] = _route_latency(s, push_port)
     finally:
         push.terminate()
@@ -280,43 +347,64 @@ def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float 
             push.wait(15)
         except subprocess.TimeoutExpired:
             push.kill()
-    bare = _spawn([sys.executable, "-m", "pipeline.bench.push", "bare", str(bare_port), str(seconds + 1.0),
-                   str(rate), str(clients)], env)  # fmt: skip
+    bare = _spawn([sys.executable, "-m", "pipeline.bench.push", "bare", str(bare_port), str(rate), str(clients)], env)
     try:
-        time.sleep(2.0)
+        _wait_http(f"http://127.0.0.1:{bare_port}/healthz")
         cl = _clients(bare_port, clients, seconds, token, env)
-        assert cl.stdin is not None
-        cl.stdin.write("go\n")
-        cl.stdin.flush()
-        import httpx
-
-        httpx.post(f"http://127.0.0.1:{bare_port}/go")
+        cpu0, user0 = _cpu_s(bare.pid), _cpu_s(bare.pid, kernel=False)
+        _tell(cl, "go")
+        httpx.post(f"http://127.0.0.1:{bare_port}/go", params={"seconds": WARMUP_S + seconds + 0.5})
+        time.sleep(WARMUP_S + seconds + 1.5)
         out["bare"] = _results(cl, offered)
+        out["bare"]["server_cpu_s"] = _cpu_s(bare.pid) - cpu0
+        out["bare"]["server_user_cpu_s"] = _cpu_s(bare.pid, kernel=False) - user0
     finally:
         bare.kill()  # its handlers hold sockets open: a graceful stop would wait for them
         bare.wait(15)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(out, indent=2))
-    p, b, r = out["push"], out["bare"], out["route"]
+    _print(out)
+    return 0
+
+
+def _print(out: dict[str, Any]) -> None:
+    p, b, r, pr = out["push"], out["bare"], out["route"], out["producer"]
     print(f"{'':28s}{'push worker':>14s}{'bare broadcast':>16s}")
-    print(f"{'messages/s delivered':28s}{p['msgs_per_s']:14,.0f}{b['msgs_per_s']:16,.0f}   (offered {offered:,.0f})")
+    print(f"{'messages/s delivered':28s}{p['msgs_per_s']:14,.0f}{b['msgs_per_s']:16,.0f}   (offered "
+          f"{p['offered_msgs_per_s']:,.0f}: {pr['conditions_per_s']:,.0f} conditions/s x {FANOUT})")  # fmt: skip
     print(f"{'published->received p50 ms':28s}{p['latency_p50_ms']:14.1f}{b['latency_p50_ms']:16.1f}")
     print(f"{'published->received p99 ms':28s}{p['latency_p99_ms']:14.1f}{b['latency_p99_ms']:16.1f}")
+    print(f"{'server CPU s per 100k msgs':28s}{_per100k(p):14.2f}{_per100k(b):16.2f}")
+    print(f"{'  of which user (Python)':28s}{_per100k(p, 'server_user_cpu_s'):14.2f}"
+          f"{_per100k(b, 'server_user_cpu_s'):16.2f}")  # fmt: skip
+    print(f"{'client CPU s (window)':28s}{p['client_cpu_s']:14.1f}{b['client_cpu_s']:16.1f}")
     print(f"{'clients closed':28s}{p['clients_closed']:14d}{b['clients_closed']:16d}")
+    sent, got = p["server_sent_since_go"], p["received_since_go"]
+    print(f"push worker wrote {sent:,.0f} messages after 'go', its clients got {got:,}")
     print(f"memory per driver: {out['bytes_per_driver'] / 1024:.1f} KiB (push RSS {out['push_rss_mb']:.0f} MB)")
     print(f"route on {r['net']} ({r['nodes']} nodes, {r['edges']} edges): in-process p50 {r['inproc_p50_ms']:.2f} ms "
           f"p95 {r['inproc_p95_ms']:.2f} ms; HTTP p50 {r['http_p50_ms']:.2f} ms p95 {r['http_p95_ms']:.2f} ms")
     print(f"written to {OUT}")
-    return 0
+
+
+def _per100k(r: dict[str, Any], key: str = "server_cpu_s") -> float:
+    """Server CPU seconds per 100,000 messages received (over the producer's whole run)."""
+    return float(r[key]) / max(1, int(r["received_since_go"])) * 100_000
 
 
 if __name__ == "__main__":
+    import uvloop
+
     if sys.argv[1] == "clients":
-        asyncio.run(run_clients(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]))
+        a = sys.argv[2:]
+        uvloop.run(run_clients(int(a[0]), int(a[1]), int(a[2]), int(a[3]), float(a[4]), a[5]))
     elif sys.argv[1] == "bare":
         import uvicorn
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route
 
         raise_fd_limit()
-        app = bare_app(float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))
+        app = bare_app(float(sys.argv[3]), int(sys.argv[4]))
+        app.router.routes.append(Route("/healthz", lambda request: PlainTextResponse("ok")))
         uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", ws="websockets-sansio",
                     loop="uvloop", access_log=False)  # fmt: skip

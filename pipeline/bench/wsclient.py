@@ -1,9 +1,13 @@
 """A minimal WebSocket client on a bare asyncio protocol: many connections, little CPU.
 
-For ``traverz bench push`` (10,000 sockets from one process) and for tests that need a
+For ``traverz bench push`` (10,000 sockets from a few processes) and for tests that need a
 client the ``websockets`` library would not give: one that stops reading with a tiny
 receive buffer. It speaks just enough RFC 6455: the upgrade, masked text frames out,
 unmasked frames in (server frames are never masked), close frames.
+
+``Tally`` is the load client's side: frames are counted from their headers only, and one
+frame in ``sample_every`` has its ``updated_at`` read for the latency (a JSON decode of
+every frame would make the client, not the server, the bottleneck).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import cast
 
 OP_TEXT, OP_CLOSE = 0x1, 0x8
 
@@ -44,12 +49,36 @@ def upgrade_request(host: str, port: int, path: str, token: str) -> bytes:
     ).encode()
 
 
-class WsClient(asyncio.Protocol):
-    """Counts text frames; ``on_text(payload, now)`` sees each one (for latency samples)."""
+class Tally:
+    """Text frames received by every connection of a process, and sampled latencies (s)."""
 
-    def __init__(self, request: bytes, on_text: Callable[[bytes, float], None] | None = None) -> None:
+    def __init__(self, sample_every: int = 50) -> None:
+        self.on = False
+        self.frames = 0
+        self.sample_every = sample_every
+        self.countdown = sample_every
+        self.latencies: list[float] = []
+
+    def sample(self, payload: bytes) -> None:
+        """published → received of one frame: its ``updated_at`` (stamped at publish) against now."""
+        i = payload.find(b'"updated_at":')
+        if i >= 0:
+            j = i + 13
+            k = j
+            while k < len(payload) and payload[k] in b"0123456789.eE+-":
+                k += 1
+            self.latencies.append(time.time() - float(payload[j:k]))
+
+
+class WsClient(asyncio.Protocol):
+    """Counts text frames; ``on_text(payload, now)`` sees each one, or ``tally`` counts them."""
+
+    def __init__(
+        self, request: bytes, on_text: Callable[[bytes, float], None] | None = None, tally: Tally | None = None
+    ) -> None:
         self.request = request
         self.on_text = on_text
+        self.tally = tally
         self.buf = b""
         self.upgraded = asyncio.get_running_loop().create_future()
         self.closed = asyncio.get_running_loop().create_future()
@@ -58,9 +87,8 @@ class WsClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
+        self.transport.write(self.request)
 
     def send_text(self, text: str) -> None:
         assert self.transport is not None
@@ -79,6 +107,9 @@ class WsClient(asyncio.Protocol):
                 return
             self.upgraded.set_result(None)
             buf = buf[end + 4 :]
+        if self.tally is not None:
+            self._count(buf)
+            return
         pos, size = 0, len(buf)
         now = time.time()
         while size - pos >= 2:
@@ -104,6 +135,41 @@ class WsClient(asyncio.Protocol):
             pos += hdr + b1
         self.buf = buf[pos:]
 
+    def _count(self, buf: bytes) -> None:
+        """Headers only: skip from frame to frame, count text frames, sample the first one of a read."""
+        tally = self.tally
+        assert tally is not None
+        pos, size, n, first = 0, len(buf), 0, (0, 0)
+        while size - pos >= 2:
+            ln, hdr = buf[pos + 1], 2
+            if ln == 126:
+                if size - pos < 4:
+                    break
+                ln, hdr = (buf[pos + 2] << 8) | buf[pos + 3], 4
+            elif ln == 127:
+                if size - pos < 10:
+                    break
+                ln, hdr = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+            end = pos + hdr + ln
+            if end > size:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == OP_TEXT:
+                if not n:
+                    first = (pos + hdr, end)
+                n += 1
+            elif opcode == OP_CLOSE and not self.closed.done():
+                self.close_code = struct.unpack_from("!H", buf, pos + hdr)[0] if ln >= 2 else 1005
+            pos = end
+        self.buf = buf[pos:] if pos < size else b""
+        self.texts += n
+        if n and tally.on:
+            tally.frames += n
+            tally.countdown -= n
+            if tally.countdown <= 0:  # the oldest frame of this read: the conservative one
+                tally.countdown += tally.sample_every
+                tally.sample(buf[first[0] : first[1]])
+
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.upgraded.done():
             self.upgraded.set_exception(ConnectionError("closed before the upgrade"))
@@ -118,6 +184,7 @@ async def connect(
     path: str = "/v1/stream",
     on_text: Callable[[bytes, float], None] | None = None,
     rcvbuf: int = 0,
+    tally: Tally | None = None,
 ) -> WsClient:
     """An upgraded connection; ``rcvbuf`` > 0 shrinks the kernel receive buffer (a slow phone)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -127,7 +194,7 @@ async def connect(
     loop = asyncio.get_running_loop()
     await loop.sock_connect(sock, (host, port))
     _, proto = await loop.create_connection(
-        lambda: WsClient(upgrade_request(host, port, path, token), on_text), sock=sock
+        lambda: WsClient(upgrade_request(host, port, path, token), on_text, tally), sock=sock
     )
-    await proto.upgraded
+    await asyncio.wait_for(proto.upgraded, 60.0)
     return proto

@@ -2,13 +2,15 @@
 
 The hub prepares each update once as the text every subscriber gets, so the sender only
 has that text. ``updated_at`` is read out of it with a substring search (no JSON parse),
-and the same text object sent to many drivers in a row is read once.
+and the same text object sent to many drivers in a row is read once. The dispatcher's pass
+counts how many drivers got each update and observes each once, with that weight.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pipeline.metrics import Histogram, Registry
@@ -50,3 +52,15 @@ class DeliveryLatency:
                 self._last, self._last_at = text, updated_at(text)
             if self._last_at is not None:
                 self.hist.observe(max(0.0, now - self._last_at))
+
+    def sent_counts(self, counts: Mapping[str, int], now: float) -> None:
+        """Observe updates written ``counts[text]`` times each at ``now`` (one delivery pass)."""
+        h = self.hist
+        for text, k in counts.items():
+            at = updated_at(text)
+            if at is None:
+                continue
+            v = max(0.0, now - at)
+            h.counts[bisect.bisect_left(h.bounds, v)] += k  # Histogram.observe, k times at once
+            h.total += v * k
+            h.n += k

@@ -5,8 +5,9 @@ cone; the route's heading there on a route). Only sectors within one sector of t
 (±45°..67.5°) count, for conditions (their per-sector statistics) and for alerts (their
 ``heading_deg``): the other carriageway of the same road, 180° off, never does.
 
-Every update is serialised once, into the ASGI message uvicorn writes, and the same
-object goes to every subscriber. Per driver, a condition is sent when what it says
+Every update is serialised once — the ASGI message, and the WebSocket frame that delivery
+(pipeline/push/dispatch.py) writes straight to the transport — and the same object goes to
+every subscriber. Per driver, a condition is sent when what it says
 about the driver's direction (level and speed band of the matching sectors, their
 incidents) differs from what that driver was last told about the cell; an incident is
 announced once, then again only on a material change (state, type, place, direction,
@@ -20,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from pipeline import geo
+from pipeline.push.frames import text_frame
 
 MAX_OUTBOX = 2000
 RATE_PER_S = 50.0  # sustained messages per driver; more waits (and coalesces) in the outbox
@@ -33,11 +36,13 @@ BURST = 400.0  # the state of a whole corridor fits in one burst
 CLEARED_KEPT_S = 3600.0  # a reconnecting driver still hears of an incident cleared meanwhile
 AHEAD_SLACK_M = 150.0  # an alert this close counts as ahead whatever its bearing (GPS noise)
 
-Message = dict[str, Any]  # a prepared ASGI "websocket.send" event
+Message = dict[str, Any]  # a prepared ASGI "websocket.send" event, plus its encoded "frame"
 
 
 def prepared(payload: dict[str, Any]) -> Message:
-    return {"type": "websocket.send", "text": orjson.dumps(payload).decode()}
+    """The ASGI event (servers read only "type" and "text") and the same text as one WebSocket frame."""
+    raw = orjson.dumps(payload)
+    return {"type": "websocket.send", "text": raw.decode(), "frame": text_frame(raw)}
 
 
 def same_direction(a: int, b: int) -> bool:
@@ -45,7 +50,7 @@ def same_direction(a: int, b: int) -> bool:
     return a < 0 or b < 0 or (a - b) % 8 in (0, 1, 7)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: ~10,000 of these are walked per second of news
 class Client:
     """One connected driver."""
 
@@ -53,7 +58,11 @@ class Client:
     cells: dict[str, int] = field(default_factory=dict)  # cell -> heading sector watched there
     origin: tuple[float, float, float] | None = None  # (lat, lon, heading) in cone mode
     outbox: dict[str, Message] = field(default_factory=dict)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # the driver's sender task: take over
+    # Delivery's hook, called once when the outbox gets news (until delivery took it); without
+    # one, the sender task is woken directly.
+    notify: Callable[[Client], None] | None = None
+    notified: bool = False
     overflowed: bool = False
     told: dict[str, int] = field(default_factory=dict)  # cell or incident id -> digest last sent
     rate: float = RATE_PER_S
@@ -67,7 +76,11 @@ class Client:
         self.outbox[key] = msg
         if len(self.outbox) > self.max_outbox:
             self.overflowed = True
-        self.wake.set()
+        if self.notify is None:
+            self.wake.set()
+        elif not self.notified:
+            self.notified = True
+            self.notify(self)
 
     def drain(self) -> list[Message]:
         out = list(self.outbox.values())
@@ -77,15 +90,17 @@ class Client:
 
     def take(self, now: float) -> list[Message]:
         """What the rate limit lets out now (oldest first); the rest stays and coalesces."""
-        self.tokens = min(BURST, self.tokens + (now - self.refilled) * self.rate)
+        tokens = self.tokens + (now - self.refilled) * self.rate
+        self.tokens = tokens = BURST if tokens > BURST else tokens
         self.refilled = now
-        n = int(self.tokens)
-        if n >= len(self.outbox):
-            self.tokens -= len(self.outbox)
+        outbox = self.outbox
+        n = int(tokens)
+        if n >= len(outbox):
+            self.tokens = tokens - len(outbox)
             return self.drain()
-        keys = list(self.outbox)[:n]
-        self.tokens -= n
-        return [self.outbox.pop(k) for k in keys]
+        keys = list(outbox)[:n]
+        self.tokens = tokens - n
+        return [outbox.pop(k) for k in keys]
 
     def wait_s(self) -> float:
         """How long until the next message may go out."""
@@ -190,11 +205,15 @@ class Hub:
         self.conditions[cell] = st
         if not live:
             return 0
-        n = 0
+        n, msg = 0, st.msg
         for sec, clients in self.subs.get(cell, {}).items():
             digest = self._digest(st, sec)
-            for client in clients:
-                n += self._offer_condition(client, cell, st, digest)
+            for client in clients:  # the hot loop: _offer_condition inlined
+                told = client.told
+                if told.get(cell, 0) != digest:  # 0 for never told: nothing is no news to them
+                    told[cell] = digest
+                    client.enqueue(cell, msg)
+                    n += 1
         return n
 
     def _digest(self, st: CellState, sec: int) -> int:
@@ -205,8 +224,7 @@ class Hub:
 
     @staticmethod
     def _offer_condition(client: Client, cell: str, st: CellState, digest: int) -> int:
-        told = client.told.get(cell)
-        if told == digest or (told is None and digest == 0):
+        if client.told.get(cell, 0) == digest:
             return 0  # nothing new for this direction (or nothing at all, never told)
         client.told[cell] = digest
         client.enqueue(cell, st.msg)

@@ -1,10 +1,13 @@
 """WebSocket ``/v1/stream``: token, subscribe messages in, prepared updates out.
 
-The sender writes the hub's prepared ASGI events as they are (no per-message encoding or
-dict work here). A driver whose socket does not take a batch within the stuck limit is
-disconnected by the watchdog, and one whose outbox overflows is closed with 1013; either
-way its sender stops and nothing more is queued for it. Oversized frames never reach this
-code: uvicorn's ``ws_max_size`` closes them with 1009.
+Updates normally go out in the dispatcher's pass (pipeline/push/dispatch.py), written as
+pre-encoded frames to the socket. Each driver's sender task here is the slow path: it
+waits for a socket over its high-water mark, paces a rate-limited outbox, closes an
+overflowed one, and serves drivers without a raw socket through ASGI sends. A driver
+whose socket does not take a batch within the stuck limit is disconnected by the
+watchdog, and one whose outbox overflows is closed with 1013; either way its sender
+stops and nothing more is queued for it. Oversized frames never reach this code:
+uvicorn's ``ws_max_size`` closes them with 1009.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pipeline.push import mappage
+from pipeline.push.dispatch import Dispatcher, joined
+from pipeline.push.frames import RawSocket, raw_socket
 from pipeline.push.hub import Client
 from pipeline.push.service import PushService
 from pipeline.push.watch import cone_watch, corridor_watch
@@ -79,6 +84,7 @@ class StreamEndpoint:
         self.rate = rate
         self.sending_since: dict[Client, float] = {}
         self.senders: dict[Client, asyncio.Task[None]] = {}
+        self.dispatch = Dispatcher(svc.delivered, svc.delivery, svc.s.push_tick_ms / 1000.0)
 
     async def serve(self, ws: WebSocket) -> None:
         token = ws.headers.get("authorization") or (
@@ -91,14 +97,18 @@ class StreamEndpoint:
             await ws.close(code=4401, reason=str(exc)[:100])
             return
         client = Client(device_id=ident.device_id, rate=self.rate)
+        sock = raw_socket(ws)
+        if sock is not None:
+            self.dispatch.attach(client, sock)
         self.svc.hub.add(client)
-        sender = self.senders[client] = asyncio.create_task(self._sender(ws, client))
+        sender = self.senders[client] = asyncio.create_task(self._sender(ws, client, sock))
         receiver = asyncio.create_task(self._receiver(ws, client))
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in (sender, receiver):
                 t.cancel()
+            self.dispatch.detach(client)
             self.svc.hub.remove(client)
             self.senders.pop(client, None)
             self.sending_since.pop(client, None)
@@ -150,8 +160,7 @@ class StreamEndpoint:
         n = self.svc.hub.subscribe(client, watch)
         await ws.send_text(orjson.dumps({"type": "subscribed", "cells": n}).decode())
 
-    async def _sender(self, ws: WebSocket, client: Client) -> None:
-        send = ws.send
+    async def _sender(self, ws: WebSocket, client: Client, sock: RawSocket | None) -> None:
         try:
             while True:
                 await client.wake.wait()
@@ -159,18 +168,38 @@ class StreamEndpoint:
                     self.svc.dropped.inc(reason="slow")
                     await asyncio.wait_for(ws.close(code=1013, reason="too slow"), self.stuck_s)
                     return
-                now = time.monotonic()
-                batch = client.take(now)
-                self.sending_since[client] = now
-                for msg in batch:
-                    await send(msg)
-                del self.sending_since[client]
-                self.svc.delivered.inc(len(batch))
-                self.svc.delivery.sent(batch)
+                if sock is not None:
+                    if not sock.writable():
+                        self.sending_since[client] = time.monotonic()
+                        await sock.wait_writable()  # news coalesce in the outbox meanwhile
+                        del self.sending_since[client]
+                    if not sock.open():
+                        return
+                    self._write(sock, client)
+                else:
+                    await self._send(ws, client)
                 if client.outbox:  # rate-limited: the rest coalesces meanwhile
                     await asyncio.sleep(client.wait_s())
         except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
             return
+
+    def _write(self, sock: RawSocket, client: Client) -> None:
+        batch = client.take(time.monotonic())
+        if batch:
+            sock.write(joined(batch))
+            self.svc.delivered.inc(len(batch))
+            self.svc.delivery.sent(batch)
+
+    async def _send(self, ws: WebSocket, client: Client) -> None:
+        """Without a raw socket: one ASGI send per message."""
+        now = time.monotonic()
+        batch = client.take(now)
+        self.sending_since[client] = now
+        for msg in batch:
+            await ws.send(msg)
+        del self.sending_since[client]
+        self.svc.delivered.inc(len(batch))
+        self.svc.delivery.sent(batch)
 
     async def watchdog(self) -> None:
         """Disconnect drivers whose socket has not taken a batch for ``stuck_s``."""

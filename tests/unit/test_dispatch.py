@@ -1,0 +1,132 @@
+"""pipeline.push.dispatch and frames: one pass, one write per driver, the slow path only when needed."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import orjson
+
+from pipeline import geo
+from pipeline.metrics import Registry
+from pipeline.push.delivery import DeliveryLatency
+from pipeline.push.dispatch import Dispatcher
+from pipeline.push.frames import text_frame
+from pipeline.push.hub import BURST, Client, Hub, prepared
+
+A = geo.cell(48.8566, 2.3522, 9)
+
+
+class MemorySocket:
+    """The RawSocket surface, in memory: what was written, and a switch for the high-water mark."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.is_writable = True
+        self.is_open = True
+
+    def open(self) -> bool:
+        return self.is_open
+
+    def ready(self) -> bool:
+        return self.is_open and self.is_writable
+
+    def writable(self) -> bool:
+        return self.is_writable
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+def frames_of(data: bytes) -> list[Any]:
+    """Split server frames (unmasked, final, text) and decode each payload."""
+    out, pos = [], 0
+    while pos < len(data):
+        assert data[pos] == 0x81
+        n, hdr = data[pos + 1], 2
+        if n == 126:
+            n, hdr = struct.unpack_from("!H", data, pos + 2)[0], 4
+        elif n == 127:
+            n, hdr = struct.unpack_from("!Q", data, pos + 2)[0], 10
+        out.append(orjson.loads(data[pos + hdr : pos + hdr + n]))
+        pos += hdr + n
+    return out
+
+
+def _cond(version: int, speed: float) -> dict[str, Any]:
+    return {"cell": A, "version": version, "sectors": [{"sector": 0, "median_mps": speed, "level": 3}]}
+
+
+def _setup(n: int) -> tuple[Hub, Dispatcher, list[Client], list[MemorySocket]]:
+    reg = Registry()
+    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg))
+    h = Hub()
+    clients, socks = [], []
+    for i in range(n):
+        cl, sock = Client(f"d{i}"), MemorySocket()
+        d.attach(cl, sock)  # type: ignore[arg-type]
+        h.add(cl)
+        h.subscribe(cl, {A: 0})
+        clients.append(cl)
+        socks.append(sock)
+    return h, d, clients, socks
+
+
+def test_text_frame_lengths() -> None:
+    for size in (0, 125, 126, 65535, 65536):
+        payload = b"x" * size
+        assert frames_of(text_frame(b'"' + payload + b'"')) == [payload.decode()]
+
+
+def test_prepared_frame_is_the_text_encoded_once() -> None:
+    msg = prepared({"type": "condition", "condition": {"cell": "c", "note": "é"}})
+    assert frames_of(msg["frame"]) == [orjson.loads(msg["text"])]
+
+
+async def test_one_pass_per_loop_turn_one_write_per_driver() -> None:
+    h, d, clients, socks = _setup(3)
+    h.on_condition(A, _cond(1, 3.0))
+    h.on_condition(A, _cond(2, 13.0))  # coalesces with the first: same cell
+    h.on_alert({"id": "i1", "type": "crash", "state": "opened", "cell": A, "lat": 48.8566, "lon": 2.3522,
+                "heading_deg": 0.0, "confidence": 0.9, "version": 3})  # fmt: skip
+    assert all(s.writes == [] for s in socks)  # nothing before the loop turn ends
+    assert len(d.ready) == 3  # each driver notified once, whatever it was queued
+    await asyncio.sleep(0)
+    for sock, cl in zip(socks, clients, strict=True):
+        assert len(sock.writes) == 1
+        got = frames_of(sock.writes[0])
+        assert [m["type"] for m in got] == ["condition", "alert"] and got[0]["condition"]["version"] == 2
+        assert not cl.wake.is_set() and not cl.outbox
+    assert d.delivered.get() == 6
+    assert d.latency.hist.n == 0  # no updated_at in these updates: nothing to observe
+
+
+async def test_busy_socket_hands_over_to_the_sender_and_coalesces() -> None:
+    h, _, (cl,), (sock,) = _setup(1)
+    sock.is_writable = False
+    h.on_condition(A, _cond(1, 3.0))
+    await asyncio.sleep(0)
+    assert sock.writes == [] and cl.wake.is_set() and len(cl.outbox) == 1
+    h.on_condition(A, _cond(2, 13.0))
+    await asyncio.sleep(0)
+    assert sock.writes == [] and [m["text"] for m in cl.outbox.values()] == [h.conditions[A].msg["text"]]
+
+
+async def test_rate_limited_rest_goes_to_the_sender() -> None:
+    _, _, (cl,), (sock,) = _setup(1)
+    for i in range(int(BURST) + 5):
+        cl.enqueue(f"k{i}", prepared({"type": "condition", "i": i}))
+    await asyncio.sleep(0)
+    assert len(frames_of(sock.writes[0])) == int(BURST)
+    assert len(cl.outbox) == 5 and cl.wake.is_set()
+
+
+async def test_overflow_and_detach() -> None:
+    h, d, (cl, gone), (sock, gone_sock) = _setup(2)
+    cl.overflowed = True
+    d.detach(gone)
+    h.on_condition(A, _cond(1, 3.0))
+    await asyncio.sleep(0)
+    assert sock.writes == [] and cl.wake.is_set()  # its sender closes it with 1013
+    assert gone_sock.writes == [] and gone.wake.is_set()  # detached: back to the sender's path
