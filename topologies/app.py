@@ -251,26 +251,15 @@ async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) ->
 
 
 def _stale(event: faust.types.EventT[bytes]) -> bool:
-    """True for a record of a partition this worker does not own (any more): skipped, not acknowledged.
+    """A record of a partition :func:`on_assigned` has not (or no longer) given this worker: skipped.
 
-    Faust hands the agents records of a newly assigned partition before the
-    ``on_partitions_assigned`` signal reaches :func:`on_assigned`. Such a record
-    must be processed, not skipped: faust's commit only checks that the first
-    acknowledged offset is at most one past the committed one (an off-by-one in
-    ``Consumer._new_offset``), so skipping the very first record of a partition
-    commits past it — a record lost. So ownership is settled against the
-    consumer's live assignment, and a partition first seen that way starts from
-    its restored table, as :func:`on_assigned` would have made it.
+    Either a rebalance took the partition away (the new owner replays it), or the
+    record was fetched before faust announced the assignment — and so before
+    the partition's table was restored: processing it would cache empty state
+    over what the restore brings (tried: a rescale then lost the migrated
+    windows). Not acknowledged either way.
     """
-    part = event.message.partition
-    if part in assigned:
-        return False
-    if event.message.tp not in app.consumer.assignment():
-        # fetched before a rebalance took the partition away: the new owner replays it
-        return True
-    engine.forget_partitions(assigned)  # drops whatever this worker cached of ``part`` when it last owned it
-    assigned.add(part)
-    return False
+    return event.message.partition not in assigned
 
 
 @app.page("/healthz")
