@@ -94,7 +94,7 @@ class Client:
         self.tokens = tokens = BURST if tokens > BURST else tokens
         self.refilled = now
         outbox = self.outbox
-        n = int(tokens)
+        n = int(tokens + 1e-9)  # a token accrued up to float rounding (5 / rate s × rate) counts
         if n >= len(outbox):
             self.tokens = tokens - len(outbox)
             return self.drain()
