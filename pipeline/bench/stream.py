@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,30 +198,39 @@ async def _send(producer: AIOKafkaProducer, recs: list[tuple[bytes, bytes, int]]
             out.note(md.partition, md.offset, n)
 
 
-async def preproduce(bootstrap: str, city: City, total: int, interval: float, record_size: int) -> Produced:
-    """``total`` pings, all devices step by step; event times end now (pings are fresh when read)."""
-    steps = max(1, math.ceil(total / len(city.cars)))
-    t0 = time.time() - steps * interval
+async def _pack_and_send(bootstrap: str, city: City, record_size: int, stream: Iterable[pings.Ping]) -> Produced:
+    """Pings → records as ingest makes them → the pings topic, 500 records per send."""
     packer, out, pending = Packer(city, record_size), Produced(), []
     producer = _producer(bootstrap)
     await producer.start()
     try:
-        left = total
-        for i in range(steps):
-            cars = city.cars[: min(left, len(city.cars))]
-            left -= len(cars)
-            for p in city.step(cars, t0 + (i + 1) * interval, interval):
-                rec = packer.add(p)
-                if rec is not None:
-                    pending.append(rec)
-                    if len(pending) >= 500:
-                        await _send(producer, pending, out)
-                        pending = []
+        for p in stream:
+            rec = packer.add(p)
+            if rec is not None:
+                pending.append(rec)
+                if len(pending) >= 500:
+                    await _send(producer, pending, out)
+                    pending = []
         pending.extend(packer.drain())
         await _send(producer, pending, out)
     finally:
         await producer.stop()
     return out
+
+
+async def preproduce(bootstrap: str, city: City, total: int, interval: float, record_size: int) -> Produced:
+    """``total`` pings, all devices step by step; event times end now (pings are fresh when read)."""
+    steps = max(1, math.ceil(total / len(city.cars)))
+    t0 = time.time() - steps * interval
+
+    def stream() -> Iterator[pings.Ping]:
+        left = total
+        for i in range(steps):
+            cars = city.cars[: min(left, len(city.cars))]
+            left -= len(cars)
+            yield from city.step(cars, t0 + (i + 1) * interval, interval)
+
+    return await _pack_and_send(bootstrap, city, record_size, stream())
 
 
 # -- raw baseline -------------------------------------------------------------------------------
@@ -504,30 +513,19 @@ async def fill_table(bootstrap: str, city: City, keys: int, record_size: int) ->
     changelog hold what production would. One device per cell: below k, nothing is published.
     """
     parents = h3.grid_disk(h3.latlng_to_cell(CENTRE[0], CENTRE[1], KEY_RES), 1 + int(math.sqrt(keys / 49 / 3)))
-    packer, out, pending = Packer(city, record_size), Produced(), []
-    producer = _producer(bootstrap)
-    await producer.start()
-    try:
+
+    def stream() -> Iterator[pings.Ping]:
         now, n = time.time(), 0
         for parent in parents:
             for child in h3.cell_to_children(parent, CELL_RES):
                 if n >= keys:
-                    break
+                    return
                 lat, lon = geo.cell_center(str(child))
                 n += 1
-                p = {"device_id": f"fill-{n % 50_000}", "seq": n, "ts": now, "lat": lat, "lon": lon,
-                     "speed_mps": 12.0, "heading_deg": 0.0, "accuracy_m": 5.0}
-                rec = packer.add(p)
-                if rec is not None:
-                    pending.append(rec)
-                    if len(pending) >= 500:
-                        await _send(producer, pending, out)
-                        pending = []
-        pending.extend(packer.drain())
-        await _send(producer, pending, out)
-    finally:
-        await producer.stop()
-    return out
+                yield {"device_id": f"fill-{n % 50_000}", "seq": n, "ts": now, "lat": lat, "lon": lon,
+                       "speed_mps": 12.0, "heading_deg": 0.0, "accuracy_m": 5.0}
+
+    return await _pack_and_send(bootstrap, city, record_size, stream())
 
 
 async def time_to_first_new_condition(bootstrap: str, worker: Worker, k: int, timeout: float = 300) -> float:
