@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
 import re
 import time
@@ -31,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from pipeline import geo, pings
+from pipeline.ingest.accept import sort_pings
 from pipeline.ingest.body import (
     BodyError,
     Disconnected,
@@ -164,6 +166,7 @@ class IngestService:
             clock=clock,
         )
         self._status_series: dict[int, tuple[tuple[str, str], ...]] = {}
+        self._accepted_answers: dict[int, tuple[list[tuple[bytes, bytes]], bytes]] = {}
         c = self.coalescer
         m.counter("traverz_ingest_flushes_total", "coalesced produce calls for pings", lambda: c.flushes)
         m.counter("traverz_ingest_records_total", "Kafka records the pings went out in", lambda: c.records)
@@ -210,6 +213,7 @@ class IngestService:
         """What ``guarded`` + a pings handler would do, without Request/Response objects."""
         headers = _first_headers(scope["headers"])
         extra: dict[str, str] = {}
+        doc: dict[str, Any]
         try:
             ident = self.verifier.verify(bearer(headers.get(b"authorization")), self.clock())
         except TokenError as exc:
@@ -233,12 +237,27 @@ class IngestService:
         if series is None:
             series = self._status_series[status] = self.requests.series(route="pings", status=str(status))
         self.requests.inc_series(series)
-        body, enc = encode_json(doc, headers.get(b"accept-encoding", ""))
-        out = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
-        for name, value in (*extra.items(), *enc.items()):
-            out.append((name.encode(), value.encode()))
+        if status == 202 and not doc["rejected"]:
+            out, body = self._accepted_answer(doc["accepted"])
+        else:
+            body, enc = encode_json(doc, headers.get(b"accept-encoding", ""))
+            out = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
+            for name, value in (*extra.items(), *enc.items()):
+                out.append((name.encode(), value.encode()))
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})
+
+    def _accepted_answer(self, accepted: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers and body of ``202 {"accepted": n, "rejected": []}``, built once per ``n``.
+
+        Nearly every answer is one of these, and all of them are under the gzip threshold.
+        """
+        hit = self._accepted_answers.get(accepted)
+        if hit is None:
+            body = orjson.dumps({"accepted": accepted, "rejected": []})
+            headers = [(b"content-length", str(len(body)).encode()), *_JSON_HEADERS]
+            hit = self._accepted_answers[accepted] = (headers, body)
+        return hit
 
     async def _accept_pings(
         self, headers: dict[bytes, str], receive: Receive, ident: DeviceIdentity
@@ -251,20 +270,12 @@ class IngestService:
             raise BodyError(400, "empty_batch", "send at least one ping")
         if len(items) > pings.MAX_BATCH:
             raise BodyError(413, "batch_too_large", f"at most {pings.MAX_BATCH} pings per request")
-        now = self.clock()
-        device_id = ident.device_id
-        validate = pings.validate_ping
-        good: list[pings.Ping] = []
-        bad: list[dict[str, Any]] = []
-        for i, item in enumerate(items):
-            if type(item) is dict and "device_id" in item and item["device_id"] != device_id:
-                return 403, {"error": "forbidden", "detail": "a ping names another device", "index": i}
-            result = validate(item, device_id, now)
-            if isinstance(result, str):
-                bad.append({"index": i, "reason": result})
-                self.rejected.inc(reason=result.split(":", 1)[0])
-            else:
-                good.append(result)
+        good, refused, foreign = sort_pings(items, ident.device_id, self.clock())
+        if foreign is not None:
+            return 403, {"error": "forbidden", "detail": "a ping names another device", "index": foreign}
+        bad = [{"index": i, "reason": reason} for i, reason in refused]
+        for _, reason in refused:
+            self.rejected.inc(reason=reason.split(":", 1)[0])
         self.batch_sizes.observe(len(items))
         if not good:
             return 400, {"error": "invalid_pings", "accepted": 0, "rejected": bad}
@@ -484,6 +495,18 @@ class KafkaSink:
             return False
 
 
+def _settle_heap() -> None:
+    """Move what startup built out of the cyclic GC's reach (measured: 15 % of batch CPU was GC).
+
+    A batch request allocates ~100 dicts and a few lists; every 700 container allocations run
+    a young collection, and now and then a full one walks every object of the process —
+    modules, Starlette, aiokafka, the OpenAPI document. Frozen, those are never walked again;
+    the requests' own objects are still collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class PingsEndpoint:
     """``POST /v1/pings`` as an ASGI app (a class, so Starlette's Route mounts it as one)."""
 
@@ -543,6 +566,7 @@ def build_app(settings: Settings, sink: Sink | None = None) -> FrontDoor:
         service = holder["svc"] = IngestService(settings, kafka)
         follower = GenerationFollower(settings, service.topics, lambda topic: fetch_metadata(kafka.producer, topic))
         await follower.start()  # the newest generation before the first request (traverz topics rescale)
+        _settle_heap()
         try:
             yield
         finally:

@@ -213,3 +213,20 @@ async def test_a_cancelled_flush_tells_its_requests_kafka_is_unavailable() -> No
         task.cancel()
     with pytest.raises(KafkaUnavailable):
         await fut
+
+
+def test_keys_by_bit_operations_equal_h3_parents_everywhere() -> None:
+    """group_by_partition takes the key cell's parent by bit operations, not through H3: the same cell."""
+    import h3
+
+    rng = random.Random(7)
+    batch = [ping("d", i, rng.uniform(-89.9, 89.9), rng.uniform(-180, 180)) for i in range(3000)]
+    for key_res, cell_res in ((7, 9), (5, 9), (9, 9), (0, 4)):
+        groups = group_by_partition(batch, None, key_res, cell_res, max_pings=10_000)
+        for record_key, ps in groups:
+            assert {h3.cell_to_parent(h3.latlng_to_cell(p["lat"], p["lon"], cell_res), key_res) for p in ps} == {
+                record_key
+            }
+        assert sum(len(ps) for _, ps in groups) == len(batch)
+    with pytest.raises(ValueError):
+        group_by_partition(batch, 8, key_res=9, cell_res=7)
