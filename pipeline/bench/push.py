@@ -1,14 +1,15 @@
 """``traverz bench push``: one push worker, many WebSocket drivers, against a bare broadcast.
 
-Phases, in one run: (1) a real ``traverz push`` process and a client process holding
-``clients`` sockets on loopback, in groups of ``FANOUT`` drivers at one spot heading north;
-conditions for the cells they watch are produced to the real conditions topic at
-``rate``/s, each one news (speeds alternate), and the client process counts what arrives
-and the published→received latency (``updated_at`` is stamped at produce time). (2) The
-same client process against a bare broadcast server (uvicorn, same WebSocket
-implementation, no Kafka, no hub) sending the same number of messages of the same size to
-the same fan-out. (3) Route latency on the Berlin net, in-process and over HTTP.
-Results go to ``artifacts/bench-push.json``.
+Phases, in one run: (1) a real ``traverz push`` process and ``CLIENT_PROCS`` client
+processes holding ``clients`` sockets on loopback, in groups of ``FANOUT`` drivers at one
+spot heading north; conditions for the cells they watch are produced to the real
+conditions topic at ``rate``/s, each one news (speeds alternate), and the client processes
+count what arrives (frame headers only) and sample the published→received latency
+(``updated_at`` is stamped at produce time). Counting starts ``WARMUP_S`` after 'go'.
+(2) The same client processes against a bare broadcast server (uvicorn, same WebSocket
+implementation, no Kafka, no hub) writing the same number of messages of the same size to
+the same fan-out, each encoded once. (3) Route latency on the Berlin net, in-process and
+over HTTP. Results go to ``artifacts/bench-push.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import orjson
 from pipeline import geo
 from pipeline.bench import wsclient
 from pipeline.push.frames import text_frame
+from pipeline.push.watch import cone_watch
 from pipeline.settings import TOPIC_CONDITIONS, Settings
 
 FANOUT = 100  # drivers per spot; each condition reaches about this many
@@ -36,6 +38,10 @@ CLIENT_PROCS = 2  # client processes sharing the drivers (one would be the bottl
 WARMUP_S = 1.0  # after 'go', before counting: the producer and the consumer get going
 SAMPLE_EVERY = 40  # one frame in this many has its latency read
 SPOT_LAT, SPOT_LON = 52.3000, 13.9000  # away from every test's and the demo's cells
+SPEED_MPS = 10.0  # the drivers' speed: a cone of ~20 cells
+# Cells updated per spot, in turn: 10 news/s per driver are 10 cells' once a second each — not
+# one cell's ten times a second, which the outbox would rightly coalesce to its latest state.
+CELLS_PER_SPOT = 10
 OUT = Path("artifacts/bench-push.json")
 
 
@@ -51,8 +57,14 @@ def spots(clients: int) -> list[tuple[float, float]]:
 
 
 def target_cells(clients: int, res: int) -> list[str]:
-    """Per spot, the cell 400 m ahead (north) of it: watched by that spot's drivers."""
-    return [geo.cell(*geo.destination(lat, lon, 0.0, 400.0), res) for lat, lon in spots(clients)]
+    """``CELLS_PER_SPOT`` cells of each spot's cone, nearest first, ordered so that message ``i``
+    (``cells[i % len(cells)]``) is for spot ``i % spots``: every driver gets rate/spots news
+    per second, each cell's once every CELLS_PER_SPOT of them."""
+    cones = []
+    for lat, lon in spots(clients):
+        cone = cone_watch(lat, lon, 0.0, SPEED_MPS, res)
+        cones.append(sorted(cone, key=lambda c: geo.distance_m(lat, lon, *geo.cell_center(c)))[:CELLS_PER_SPOT])
+    return [cone[k] for k in range(CELLS_PER_SPOT) for cone in cones]
 
 
 def condition(cell: str, version: int, fast: bool) -> dict[str, Any]:
@@ -97,7 +109,7 @@ async def run_clients(port: int, clients: int, part: int, parts: int, seconds: f
         for i, c in zip(idx, batch, strict=True):
             lat, lon = places[i % len(places)]
             c.send_text(orjson.dumps({"type": "subscribe", "lat": lat, "lon": lon, "heading_deg": 0.0,
-                                      "speed_mps": 5.0}).decode())  # fmt: skip
+                                      "speed_mps": SPEED_MPS}).decode())  # fmt: skip
         conns += batch
     await asyncio.sleep(2.0)
     print(json.dumps({"ready": len(conns)}), flush=True)

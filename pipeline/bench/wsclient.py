@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-OP_TEXT, OP_CLOSE = 0x1, 0x8
+OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
 
 
-def client_frame(text: str, opcode: int = OP_TEXT) -> bytes:
+def client_frame(text: str | bytes, opcode: int = OP_TEXT) -> bytes:
     """A masked client frame (RFC 6455 §5.3)."""
-    payload = text.encode()
+    payload = text.encode() if isinstance(text, str) else text
     n = len(payload)
     head = bytes([0x80 | opcode])
     if n < 126:
@@ -130,6 +130,8 @@ class WsClient(asyncio.Protocol):
                 self.texts += 1
                 if self.on_text is not None:
                     self.on_text(buf[pos + hdr : pos + hdr + b1], now)
+            elif opcode == OP_PING and self.transport is not None:  # unanswered, uvicorn closes after 20 s
+                self.transport.write(client_frame(bytes(buf[pos + hdr : pos + hdr + b1]), OP_PONG))
             elif opcode == OP_CLOSE and not self.closed.done():
                 self.close_code = struct.unpack_from("!H", buf, pos + hdr)[0] if b1 >= 2 else 1005
             pos += hdr + b1
@@ -158,6 +160,8 @@ class WsClient(asyncio.Protocol):
                 if not n:
                     first = (pos + hdr, end)
                 n += 1
+            elif opcode == OP_PING and self.transport is not None:  # unanswered, uvicorn closes after 20 s
+                self.transport.write(client_frame(bytes(buf[pos + hdr : end]), OP_PONG))
             elif opcode == OP_CLOSE and not self.closed.done():
                 self.close_code = struct.unpack_from("!H", buf, pos + hdr)[0] if ln >= 2 else 1005
             pos = end

@@ -59,8 +59,8 @@ class Client:
     origin: tuple[float, float, float] | None = None  # (lat, lon, heading) in cone mode
     outbox: dict[str, Message] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # the driver's sender task: take over
-    # Delivery's hook, called once when the outbox gets news (until delivery took it); without
-    # one, the sender task is woken directly.
+    # Delivery's hook, called once when the outbox gets news (until delivery or the sender
+    # took it all); without one, the sender task is woken directly.
     notify: Callable[[Client], None] | None = None
     notified: bool = False
     overflowed: bool = False
@@ -72,20 +72,24 @@ class Client:
     max_outbox: int = MAX_OUTBOX  # a map viewer (pipeline/push/mappage.py) watches far more cells
 
     def enqueue(self, key: str, msg: Message) -> None:
-        self.outbox.pop(key, None)  # re-insert at the end: newest last
-        self.outbox[key] = msg
-        if len(self.outbox) > self.max_outbox:
+        outbox = self.outbox
+        if key in outbox:
+            del outbox[key]  # re-insert at the end: newest last
+        outbox[key] = msg
+        if len(outbox) > self.max_outbox:
             self.overflowed = True
-        if self.notify is None:
-            self.wake.set()
-        elif not self.notified:
+        if not self.notified:  # once until the outbox is taken
             self.notified = True
-            self.notify(self)
+            if self.notify is None:
+                self.wake.set()
+            else:
+                self.notify(self)
 
     def drain(self) -> list[Message]:
         out = list(self.outbox.values())
         self.outbox.clear()
         self.wake.clear()
+        self.notified = False
         return out
 
     def take(self, now: float) -> list[Message]:
