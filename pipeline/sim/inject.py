@@ -73,7 +73,9 @@ class Injector:
         self.truth: list[TrueIncident] = []
         for i, e in enumerate(sc.events):
             if e.kind in ALERT_TYPE:
-                lat, lon, heading = sim.net.point(e.edge, e.lane, e.pos_m)
+                # a closure is where drivers are stopped: its barrier at the start of the edge
+                pos = 0.0 if e.kind == "closure" and e.pos_m < 0 else e.pos_m
+                lat, lon, heading = sim.net.point(e.edge, e.lane, pos)
                 t = TrueIncident(i, e.kind, e.edge, e.lane, e.at_s, lat, lon, heading)
                 self.truth.append(t)
                 self.live.append(_Live(e, t))
@@ -145,8 +147,8 @@ class Injector:
                 return []
             if e.kind == "road_work":
                 lv.restore = sim.close_lanes(e.edge, [e.lane])
-            else:  # closure
-                lv.restore = sim.block_edge(e.edge)
+            else:  # closure: every lane, to every car (drivers who meet it turn off: pipeline/sim/run.py)
+                lv.restore = sim.close_edge(e.edge)
             tr.start_s, tr.injected, lv.state = t, True, "on"
             return [f"TRUTH {e.kind}: {e.edge} {'lane ' + str(e.lane) if e.kind == 'road_work' else 'closed'}"]
         except TraCIError as exc:
@@ -161,10 +163,8 @@ class Injector:
             for vid in tr.vehicles:
                 if vid in vehicles:
                     sim.release(vid)
-        elif e.kind == "road_work":
+        else:  # road work, closure
             sim.reopen_lanes(lv.restore)
-        else:
-            sim.unblock_edge(e.edge, lv.restore)
         tr.end_s, lv.state = t, "over"
         return [f"TRUTH {e.kind} on {e.edge} over"]
 

@@ -112,7 +112,12 @@ class Offer:
     polyline: list[tuple[float, float]]
     saved_s: float | None
     eta_s: float | None
-    reason: str
+    reason: str  # the push worker names the closure alert on the old route, else "congestion"
+    blocked: bool = False  # the old route was impassable
+
+    @property
+    def about_closure(self) -> bool:
+        return self.blocked or self.reason not in ("", "congestion")
 
 
 @dataclass
@@ -178,6 +183,7 @@ class Subscriber:
                         float(saved) if isinstance(saved, int | float) else None,
                         float(eta) if isinstance(eta, int | float) else None,
                         str(msg.get("reason", "")),
+                        msg.get("blocked") is True,
                     )
                 )
         elif kind == "error":

@@ -29,7 +29,7 @@ def result(run: Run) -> dict[str, Any]:
         opened=opened_alerts(run),
         vehicle_hours=run.vehicle_s / 3600.0,
         warmup_s=sc.warmup_s,
-        reroutes=run.rerouter.outcomes(end),
+        reroutes=run.rerouter.outcomes(run.end_s, run.drivers.stranded),
     )
     by_index = {t.index: i for i, t in enumerate(truths)}
     for idx, ups in run.upstream.items():
@@ -72,6 +72,11 @@ def result(run: Run) -> dict[str, Any]:
             "failed_requests": n.failed,
             "reports": n.reports,
             "votes": n.votes,
+        },
+        "drivers": {  # at closures: turned off by themselves; parked (no way round, not scored)
+            "closure_detours": len(run.drivers.detours),
+            "stranded": len(run.drivers.stranded),
+            "sim_end_s": run.end_s,
         },
         "truth": [t.as_dict() for t in run.inj.truth],
         "alerts": [
@@ -118,12 +123,14 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"{_f(d['latency_median_s'], '{:.2f}')}s p90 {_f(d['latency_p90_s'], '{:.2f}')}s"
             )
         rr = sc["reroute"]
-        if rr["offered"]:
-            lines.append(
-                f"{'':<12} reroute: {rr['offered']} offered, {rr['accepted']} took; time/free-flow "
-                f"{_f(rr['median_ratio_accepted'], '{:.2f}')} vs {_f(rr['median_ratio_declined'], '{:.2f}')} "
-                f"→ {_f(rr['faster'], '{:.0%}')} faster"
-            )
+        for label, g in (("reroute round a closure", rr), ("reroute, any offer", rr.get("all_offers", {}))):
+            if g.get("offered"):
+                lines.append(
+                    f"{'':<12} {label}: {g['offered']} offered, {g['accepted']} took, {g['declined']} declined"
+                    f" ({g.get('still_driving', 0)} still driving at the end); time/free-flow "
+                    f"{_f(g['median_ratio_accepted'], '{:.2f}')} vs {_f(g['median_ratio_declined'], '{:.2f}')} "
+                    f"→ {_f(g['faster'], '{:.0%}')} faster"
+                )
     if results:
         m = score.merged([r["score"] for r in results])
         lines.append("== all scenarios vs targets")
@@ -143,7 +150,7 @@ def table(results: list[dict[str, Any]]) -> str:
         faster = [r["score"]["reroute"]["faster"] for r in results if r["score"]["reroute"]["faster"] is not None]
         lines.append(
             "reroute benefit "
-            + (", ".join(f"{x:.0%}" for x in faster) if faster else "— (no reroute was offered)")
+            + (", ".join(f"{x:.0%}" for x in faster) if faster else "— (no reroute round a closure was offered)")
             + f" (target ≥{score.REROUTE_TARGET:.0%})"
         )
     return "\n".join(lines)

@@ -3,12 +3,18 @@
 A vehicle decides once, at its first offer, with a stable draw of ``accept_reroute_share``:
 the takers follow every offer, the others none, so the two groups differ only by the
 draw. Taking an offer: the ``polyline`` (``[lat, lon]`` pairs) is matched to SUMO edges
-(``convertRoad``), joined to the vehicle's current edge and destination by shortest paths,
+(``convertRoad`` at the middle of each segment: a vertex sits on a junction, where every
+road meets), joined to the vehicle's current edge and destination by shortest paths,
 and set with ``setRoute``; a polyline that cannot be driven is counted, not applied.
+
+The closure group (the score's rerouting benefit): the first offer that names a closure
+(``reason`` an alert id, or ``blocked``) while the vehicle's route crosses a road that is
+really closed then. From that offer on, its time to arrival is what the score compares.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -26,6 +32,8 @@ class Taken:
     applied: int = 0
     unusable: int = 0
     arrived_s: float | None = None
+    closure_s: float | None = None  # first offer about a closure its route crossed (the closure group)
+    closure_free_s: float = 0.0  # free-flow time of the route it had then
 
 
 class Rerouter:
@@ -48,18 +56,36 @@ class Rerouter:
         return out
 
     def apply(
-        self, subs: dict[str, Subscriber], vehicles: dict[str, Vehicle], t: float, *, chosen_share: float, salt: str
+        self,
+        subs: dict[str, Subscriber],
+        vehicles: dict[str, Vehicle],
+        t: float,
+        *,
+        chosen_share: float,
+        salt: str,
+        closed: frozenset[str] = frozenset(),
     ) -> list[str]:
+        """Offers received since the last step: recorded, and followed by the takers.
+
+        ``closed``: the edges closed in SUMO now (an offer about a closure counts for the
+        closure group only when the vehicle's route really crosses one of them).
+        """
         news: list[str] = []
         for vid, sub in subs.items():
             if not sub.offers or vid not in vehicles:
                 continue
             offers, sub.offers = sub.offers, []
             taken = self.vehicles.get(vid)
+            remaining: list[str] | None = None
             if taken is None:
                 remaining = self.sim.remaining_route(vid)
-                free = sum(self.sim.net.free_s(e) for e in remaining if not e.startswith(":"))
-                taken = self.vehicles[vid] = Taken(chosen(vid, chosen_share, salt + "reroute"), t, free)
+                taken = self.vehicles[vid] = Taken(
+                    chosen(vid, chosen_share, salt + "reroute"), t, self._free(remaining)
+                )
+            if taken.closure_s is None and closed and any(o.about_closure for o in offers):
+                remaining = remaining or self.sim.remaining_route(vid)
+                if not closed.isdisjoint(remaining):
+                    taken.closure_s, taken.closure_free_s = t, self._free(remaining)
             if not taken.accepted:
                 continue
             if self._follow(vid, vehicles[vid], offers[-1].polyline):
@@ -70,13 +96,24 @@ class Rerouter:
                 taken.unusable += 1
         return news
 
+    def _free(self, edges: list[str]) -> float:
+        return sum(self.sim.net.free_s(e) for e in edges if not e.startswith(":"))
+
+    def waiting(self, left_out: set[str]) -> set[str]:
+        """Vehicles of the closure group still driving."""
+        return {
+            vid
+            for vid, k in self.vehicles.items()
+            if k.closure_s is not None and k.arrived_s is None and vid not in left_out
+        }
+
     def _follow(self, vid: str, v: Vehicle, line: list[tuple[float, float]]) -> bool:
         if v.edge.startswith(":"):
             return False  # on a junction: SUMO wants the route from the next edge; the next offer will do
         matched: list[str] = []
-        for lat, lon in line:
+        for (a_lat, a_lon), (b_lat, b_lon) in itertools.pairwise(line):
             try:
-                e = self.sim.road_at(lat, lon)
+                e = self.sim.road_at((a_lat + b_lat) / 2, (a_lon + b_lon) / 2)
             except TraCIError:
                 continue
             if e and not e.startswith(":") and (not matched or matched[-1] != e):
@@ -104,10 +141,20 @@ class Rerouter:
             if taken is not None:
                 taken.arrived_s = t
 
-    def outcomes(self, end_s: float) -> list[RerouteOutcome]:
-        """Per vehicle offered a reroute; one still driving at the end counts until then (a lower bound)."""
-        return [
-            RerouteOutcome(vid, k.accepted, ((k.arrived_s or end_s) - k.offer_s) / k.free_s)
-            for vid, k in self.vehicles.items()
-            if k.free_s > 0
-        ]
+    def outcomes(self, end_s: float, left_out: set[str]) -> list[RerouteOutcome]:
+        """Per vehicle offered a reroute: from its first offer, and (closure group) from its closure offer.
+
+        A vehicle still driving at ``end_s`` counts until then (a lower bound); ``left_out``: trips
+        that ended at a barrier (no way round) are not counted."""
+        out = []
+        for vid, k in self.vehicles.items():
+            if vid in left_out:
+                continue
+            arrived = k.arrived_s is not None
+            end = k.arrived_s if k.arrived_s is not None else end_s
+            if k.free_s > 0:
+                out.append(RerouteOutcome(vid, k.accepted, (end - k.offer_s) / k.free_s, arrived=arrived))
+            if k.closure_s is not None and k.closure_free_s > 0:
+                ratio = (end - k.closure_s) / k.closure_free_s
+                out.append(RerouteOutcome(vid, k.accepted, ratio, closure=True, arrived=arrived))
+        return out

@@ -22,6 +22,8 @@ from pipeline import geo
 from pipeline.settings import Settings
 from pipeline.sim import score
 from pipeline.sim.clock import SimClock
+from pipeline.sim.drivers import WITNESS_M as WITNESS_M  # re-exported: pipeline/sim/offline.py
+from pipeline.sim.drivers import Drivers
 from pipeline.sim.inject import Injector
 from pipeline.sim.listen import Subscriber, Tap
 from pipeline.sim.phones import Phone, Uplink, chosen
@@ -29,9 +31,9 @@ from pipeline.sim.reroute import Rerouter
 from pipeline.sim.scenario import Event, Scenario
 from pipeline.sim.sumo import Network, Sumo, Vehicle, net_path
 
-WITNESS_M = 150.0  # a driver this close to an incident on its edge may report it
 VOTE_M = 100.0
 SPAM_EVERY_S = 60.0
+TAIL_S = 600.0  # at most this long after the end for the closure group to arrive
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Run:
     tap: Tap
     uplink: Uplink
     rerouter: Rerouter
+    drivers: Drivers
     vehicle_s: float = 0.0
     vehicles_seen: int = 0
     subs: dict[str, Subscriber] = field(default_factory=dict)  # connected now
@@ -57,6 +60,7 @@ class Run:
     upstream: dict[int, dict[str, float | None]] = field(default_factory=dict)  # truth → vehicle → reached
     matched: set[str] = field(default_factory=set)  # alert ids already looked at for upstream tracking
     wall_s: float = 0.0
+    end_s: float = 0.0  # sim time SUMO stopped at (after the tail)
     behind_s: float = 0.0  # worst lag of the loop behind its schedule
 
 
@@ -96,9 +100,13 @@ async def simulate(
         tap = Tap(ends.bootstrap, net.bbox())
         await tap.start()
         uplink = Uplink(ends.ingest_url, s)
-        run = Run(sc, net, SimClock.start(sc.duration_s, speedup or sc.speedup), inj, tap, uplink, Rerouter(sim))
+        clock = SimClock.start(sc.duration_s, speedup or sc.speedup)
+        drivers = Drivers(sim, uplink, sc.phones.report_share, f"{sc.seed}")
+        run = Run(sc, net, clock, inj, tap, uplink, Rerouter(sim), drivers)
         try:
             await _loop(run, sim, ends, rng, say, progress)
+            _tail(run, sim)
+            run.end_s = sim.t
             await uplink.drain()
             await asyncio.sleep(3.0)  # the last pings' alerts are a second or two behind
         finally:
@@ -127,7 +135,6 @@ async def _loop(
     spam = [(e, run.net.point(e.edge, e.lane, e.pos_m)) for e in sc.events if e.kind == "false_report"]
     spam_token = {id(e): uplink.token(f"spam-{sc.name}-{i}-{clock.wall0:.0f}") for i, (e, _) in enumerate(spam)}
     spam_done: dict[int, int] = {}
-    witnessed: set[tuple[str, int]] = set()
     voted: set[tuple[str, str]] = set()
     started = time.time()
     salt = f"{sc.seed}"
@@ -173,16 +180,7 @@ async def _loop(
                 if not any(geo.distance_m(v.lat, v.lon, la, lo) <= r for la, lo, r in open_gaps):
                     uplink.send_pings(phone, None)
                 _vote(run, v, phone, voted, active, salt)
-            for tr in active:
-                key = (vid, tr.index)
-                if (
-                    v.edge == tr.edge
-                    and key not in witnessed
-                    and geo.distance_m(v.lat, v.lon, tr.lat, tr.lon) <= WITNESS_M
-                ):
-                    witnessed.add(key)
-                    if chosen(vid, ph.report_share, f"{salt}rep{tr.index}") and vid not in tr.vehicles:
-                        uplink.report(phone.token, tr.alert_type, v.lat, v.lon, v.heading, ts)
+        run.drivers.tick(vehicles, phones, active, ts, t)
         for e, (lat, lon, heading) in spam:
             k = spam_done.get(id(e), 0)
             if k < e.count and t >= e.at_s + k * SPAM_EVERY_S:
@@ -190,7 +188,9 @@ async def _loop(
                 uplink.report(spam_token[id(e)], e.type, lat, lon, heading, ts)
         _subscriptions(run, sim, vehicles, t)
         _track_upstream(run, sim, vehicles, t)
-        for line in run.rerouter.apply(run.subs, vehicles, t, chosen_share=ph.accept_reroute_share, salt=salt):
+        closed = frozenset(tr.edge for tr in active if tr.kind == "closure")
+        news = run.rerouter.apply(run.subs, vehicles, t, chosen_share=ph.accept_reroute_share, salt=salt, closed=closed)
+        for line in news:
             if say:
                 say(f"[t={t:5.0f}s] {line}")
         if say:
@@ -198,6 +198,16 @@ async def _loop(
         if progress:
             progress(run, t)
     run.wall_s = time.time() - started
+
+
+def _tail(run: Run, sim: Sumo) -> None:
+    """SUMO alone (no phones, no pacing) after the end until the closure group arrived: their whole trip counts."""
+    end = run.sc.duration_s + TAIL_S
+    while run.rerouter.waiting(run.drivers.stranded) and sim.t + run.sc.step_s <= end:
+        vehicles, arrived = sim.step()
+        run.rerouter.arrived(arrived, sim.t)
+        run.inj.tick(sim.t, vehicles)
+        run.drivers.tick(vehicles, {}, run.inj.active(sim.t), 0.0, sim.t)
 
 
 def _news(run: Run, say: Callable[[str], None], t: float) -> None:
@@ -233,7 +243,9 @@ def _subscriptions(run: Run, sim: Sumo, vehicles: dict[str, Vehicle], t: float) 
         if v is None or (t - sub.subscribed_s < every and sub.subscribed_s >= 0):
             continue
         sub.subscribed_s = t
-        dest = run.rerouter.polyline([sim.destination(vid)])
+        # the start of the last edge: an exit edge ends on the network's rim, a junction no road
+        # leads back from, which the push worker's router would snap elsewhere (and plan another route)
+        dest = run.rerouter.polyline([sim.destination(vid)])[:1]
         msg: dict[str, Any] = {
             "type": "subscribe",
             "lat": round(v.lat, 6),

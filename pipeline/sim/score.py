@@ -13,10 +13,18 @@ Pure functions over plain data (the runner gathers it), so every rule here is un
 * **Delivery**: for each detected incident, the subscribed vehicles whose remaining route
   crossed its edge when it was detected; wall seconds from ``opened_at`` to receipt, and the
   share that had it before they reached the edge.
-* **Rerouting benefit**: vehicles offered a reroute, split by whether they took it (a fixed
-  random share, so the groups are comparable); per vehicle, travel time from the offer to
-  arrival over the free-flow time of the route it had then; benefit = 1 − median(taken) /
-  median(declined).
+* **Rerouting benefit** (the closure group): vehicles whose route crossed a closed road
+  when the app offered them a way around it: an offer naming a closure alert (or saying the
+  route is blocked), received while the closure was in force in SUMO and the vehicle's
+  remaining SUMO route crossed the closed edge. Split by whether the vehicle takes the
+  app's reroutes (a stable random draw per vehicle, so the groups differ by nothing else).
+  Per vehicle: time from that offer to arrival over the free-flow time of the route it had
+  then; benefit = 1 − median(accepted) / median(declined). Decliners drive what a driver
+  without the app drives: their route up to the barrier, then the map's way round it
+  (:mod:`pipeline.sim.drivers`); nobody waits for the reopening or is teleported. The run
+  steps SUMO on after the scenario's end until the group has arrived (at most a few
+  minutes: one still driving counts until then, a lower bound). Offers for any reason
+  (congestion included; from each vehicle's first offer) are shown apart as ``all_offers``.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ class RerouteOutcome:
     vehicle: str
     accepted: bool
     ratio: float  # (arrival − offer) / free-flow time of the remaining route at the offer
+    closure: bool = False  # the closure group (from its closure offer), else from its first offer of any kind
+    arrived: bool = True  # False: still driving when the run ended (the ratio is a lower bound)
 
 
 @dataclass
@@ -181,7 +191,7 @@ def _delivery(inp: Inputs, detections: dict[int, Opened]) -> dict[str, Any]:
     }
 
 
-def _reroute(outcomes: list[RerouteOutcome]) -> dict[str, Any]:
+def _benefit(outcomes: list[RerouteOutcome]) -> dict[str, Any]:
     took = [o.ratio for o in outcomes if o.accepted]
     kept = [o.ratio for o in outcomes if not o.accepted]
     mt, mk = quantile(took, 0.5), quantile(kept, 0.5)
@@ -189,9 +199,18 @@ def _reroute(outcomes: list[RerouteOutcome]) -> dict[str, Any]:
         "offered": len(outcomes),
         "accepted": len(took),
         "declined": len(kept),
+        "still_driving": sum(1 for o in outcomes if not o.arrived),
         "median_ratio_accepted": None if mt is None else round(mt, 3),
         "median_ratio_declined": None if mk is None else round(mk, 3),
         "faster": None if mt is None or not mk else round(1.0 - mt / mk, 3),
+    }
+
+
+def _reroute(outcomes: list[RerouteOutcome]) -> dict[str, Any]:
+    """The closure group's figures at the top level (the target), every offer under ``all_offers``."""
+    return {
+        **_benefit([o for o in outcomes if o.closure]),
+        "all_offers": _benefit([o for o in outcomes if not o.closure]),
     }
 
 

@@ -243,14 +243,31 @@ class Sumo:
             libsumo.lane.setAllowed(lid, ["authority"])
         return before
 
-    def block_edge(self, edge: str) -> float:
-        """A closed road: vehicles on or into it stand (crawl at 0.1 m/s); returns the speed to restore."""
-        before = float(libsumo.edge.getLaneNumber(edge) and libsumo.lane.getMaxSpeed(f"{edge}_0"))
-        libsumo.edge.setMaxSpeed(edge, 0.1)
-        return before
+    def close_edge(self, edge: str) -> dict[str, list[str]]:
+        """A closed road (police, barriers): no vehicle may enter any lane of it; returns what to restore.
 
-    def unblock_edge(self, edge: str, speed: float) -> None:
-        libsumo.edge.setMaxSpeed(edge, speed)
+        SUMO keeps every vehicle on the route it has: one whose next edge is closed stops at the
+        end of its lane and waits there (no rerouting of its own; no teleport before
+        ``--time-to-teleport``). What a driver does about it is the runner's business
+        (:meth:`detour`). Vehicles already on the edge drive on and leave it.
+        """
+        return self.close_lanes(edge, range(self.lane_count(edge)))
+
+    def driving_distance(self, vid: str, edge: str) -> float:
+        """Metres along the vehicle's route to the start of ``edge`` (< 0: not on its route ahead)."""
+        return float(libsumo.vehicle.getDrivingDistance(vid, edge, 0.0))
+
+    def detour(self, vid: str, closed: str) -> bool:
+        """The driver's own new way to the destination: the fastest by the map (free-flow times), the
+        roads closed to cars left out. No live traffic: that is what a driver without the app knows.
+        False when there is none (the destination lies past the closure): the route is kept."""
+        libsumo.vehicle.rerouteTraveltime(vid, False)  # False: never load SUMO's live edge times
+        return closed not in self.remaining_route(vid)
+
+    def end_trip(self, vid: str) -> None:
+        """The driver parks where it is (leaves the road)."""
+        libsumo.vehicle.unsubscribe(vid)  # else the next step reports on a vehicle SUMO no longer knows
+        libsumo.vehicle.remove(vid, libsumo.constants.REMOVE_PARKING)
 
     def reopen_lanes(self, before: dict[str, list[str]]) -> None:
         for lid, allowed in before.items():

@@ -102,14 +102,18 @@ def test_delivery_share_before_reaching_and_latency() -> None:
     assert dl["latency_median_s"] == pytest.approx(1.25)
 
 
-def test_reroute_benefit_compares_medians_of_takers_and_decliners() -> None:
-    outs = [RerouteOutcome(f"t{i}", True, r) for i, r in enumerate([1.1, 1.2, 1.3])] + [
-        RerouteOutcome(f"d{i}", False, r) for i, r in enumerate([1.5, 1.6, 2.0])
+def test_reroute_benefit_compares_medians_of_takers_and_decliners_round_a_closure() -> None:
+    outs = [RerouteOutcome(f"t{i}", True, r, closure=True) for i, r in enumerate([1.1, 1.2, 1.3])] + [
+        RerouteOutcome(f"d{i}", False, r, closure=True, arrived=i != 2) for i, r in enumerate([1.5, 1.6, 2.0])
     ]
-    rr = score(Inputs([], [], vehicle_hours=1.0, reroutes=outs))["reroute"]
-    assert rr["offered"] == 6 and rr["accepted"] == 3
+    # offers for congestion (and everyone's first offer) are shown apart and never set the verdict
+    others = [RerouteOutcome("t9", True, 3.0), RerouteOutcome("d9", False, 1.0), RerouteOutcome("d8", False, 1.0)]
+    rr = score(Inputs([], [], vehicle_hours=1.0, reroutes=outs + others))["reroute"]
+    assert rr["offered"] == 6 and rr["accepted"] == 3 and rr["still_driving"] == 1
     assert rr["faster"] == pytest.approx(1 - 1.2 / 1.6, abs=1e-3)
-    assert verdicts(score(Inputs([], [], 1.0, reroutes=outs)))["reroute"] is True
+    assert rr["all_offers"]["offered"] == 3 and rr["all_offers"]["faster"] == pytest.approx(-2.0)
+    assert verdicts(score(Inputs([], [], 1.0, reroutes=outs + others)))["reroute"] is True
+    assert verdicts(score(Inputs([], [], 1.0, reroutes=others)))["reroute"] is None
     assert score(Inputs([], [], 1.0))["reroute"]["faster"] is None
 
 
