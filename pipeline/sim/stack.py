@@ -31,6 +31,26 @@ SIM_RATE = "50"  # requests/s per device: a phone at 10× posts 2/s, its backlog
 SIM_BURST = "500"
 
 
+def process_env(s: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a ``traverz`` child process built from ``s`` (and ``extra``).
+
+    The parent's own ``TRAVERZ_`` variables are left out, so ``s`` alone decides: broker, worker
+    state, app id and the token key the children verify with. Used by :func:`start` and the
+    tests' process helpers (``tests/support/procs.py``).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVERZ_")}
+    env.update(
+        TRAVERZ_BOOTSTRAP=s.bootstrap,
+        TRAVERZ_DATA_DIR=str(s.data_dir),
+        TRAVERZ_APP_ID=s.app_id,
+        TRAVERZ_TOKEN_SECRET=s.token_secret,
+        TRAVERZ_TOKEN_KID=s.token_kid,
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
 def free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     try:
@@ -127,21 +147,15 @@ def start(s: Settings, logdir: Path, *, own_broker: bool = True, say: bool = Tru
     st = SimStack(s, logdir, broker=lay)
     try:
         asyncio.run(kafka_io.create_topics(s.bootstrap, s.partitions, s.replication))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVERZ_")}
-        env.update(
-            TRAVERZ_BOOTSTRAP=s.bootstrap,
+        env = process_env(
+            s,
             TRAVERZ_INGEST_PORT=str(ip),
             TRAVERZ_PUSH_PORT=str(pp),
             TRAVERZ_WORKER_PORT=str(wp),
-            TRAVERZ_APP_ID=s.app_id,
-            TRAVERZ_DATA_DIR=str(s.data_dir),
-            TRAVERZ_TOKEN_SECRET=s.token_secret,
-            TRAVERZ_TOKEN_KID=s.token_kid,
             TRAVERZ_MIN_DEVICES=str(s.min_devices),
             TRAVERZ_PARTITIONS=str(s.partitions),
             TRAVERZ_INGEST_RATE=SIM_RATE,
             TRAVERZ_INGEST_BURST=SIM_BURST,
-            PYTHONUNBUFFERED="1",
         )
         if routing_net:  # the push worker routes (and reroutes) on the network the vehicles drive
             env["TRAVERZ_ROUTING_NET"] = routing_net

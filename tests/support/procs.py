@@ -14,23 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from pipeline.settings import Settings
+from pipeline.sim.stack import process_env as process_env  # one definition, shared with `traverz simulate`
 
 TRAVERZ = str(Path(sys.executable).with_name("traverz"))
-
-
-def process_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a ``traverz`` process built from ``settings``: no TRAVERZ_ variable of ours leaks in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAVERZ_")}
-    env.update(
-        TRAVERZ_BOOTSTRAP=settings.bootstrap,
-        TRAVERZ_DATA_DIR=str(settings.data_dir),
-        TRAVERZ_APP_ID=settings.app_id,
-        TRAVERZ_TOKEN_SECRET=settings.token_secret,
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
-    return env
 
 
 def free_port() -> int:
