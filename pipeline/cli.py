@@ -169,6 +169,10 @@ def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, s: Settings) -> int:
+    if args.offline:  # SUMO straight into the engine: the detectors' score in seconds, no stack
+        from pipeline.sim import offline
+
+        return offline.main(args.scenario, score_all=args.score, out=args.out)
     if args.synthetic:  # the fast generator without SUMO, against the running stack (throughput)
         from pipeline.sim import synthetic
 
@@ -279,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--use-running", action="store_true", help="drive the stack at TRAVERZ_INGEST_PORT/… instead of a fresh one"
     )
     sim.add_argument("--quiet", action="store_true", help="no live incident/alert lines, only the progress bar")
+    sim.add_argument(
+        "--offline", action="store_true", help="no stack: SUMO's pings straight into the engine (detectors only)"
+    )
     sim.add_argument("--synthetic", type=int, default=0, metavar="DEVICES", help="no SUMO: N straight-road drivers")
     sim.add_argument("--duration", type=float, default=60.0, help="--synthetic: seconds (0 = until Ctrl-C)")
     sim.set_defaults(fn=cmd_simulate)

@@ -47,6 +47,7 @@ from pipeline import conditions, geo
 from pipeline.cellstate import DictTable, PartitionedState, PartitionTable
 from pipeline.detect import baseline, crash, incidents, motion, stall
 from pipeline.detect.events import IncidentEvent, to_alert
+from pipeline.detect.spots import Spots
 from pipeline.pings import Ping
 from pipeline.speed import CellSpeedWindow, SectorBucket
 
@@ -139,6 +140,7 @@ class Engine:
         self.evaluated_n: dict[str, tuple[int, int]] = {}  # cell → (window.added, samples) when evaluated
         self.urgent: set[str] = set()
         self.rescanned_at = 0.0
+        self.spots = Spots()  # stopped devices and who passes them: in memory, rebuilt from live pings
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
         self.pings = 0
         self.duplicates = 0
@@ -152,14 +154,18 @@ class Engine:
         windows, trackers = cells.values, devices.values
         cell_res, key_res = self.cell_res, self.key_res
         to_cell, to_parent = h3.latlng_to_cell, h3.cell_to_parent
-        step, needs_traffic = stall.step_with_facts, stall.needs_traffic
+        step, needs_around = stall.step_with_facts, stall.needs_around
         parents = self.parents
+        spots = self.spots
+        watched, standing = spots.by_cell, spots.by_device
         touched_cells: set[str] = set()
         touched_devices: set[str] = set()
         duplicates = 0
         for p in sorted(batch, key=_by_ts) if len(batch) > 1 else batch:
             c9 = to_cell(p["lat"], p["lon"], cell_res)
             dev = p["device_id"]
+            if c9 in watched:  # someone stands near: does this one go past them?
+                spots.see(c9, dev, p["ts"], p["lat"], p["lon"], p["speed_mps"], p["heading_deg"])
             if p.get("state") != "parked":  # a parked phone is not traffic
                 window = windows.get(c9) or cells.get(c9, partition) or CellSpeedWindow()
                 speed, heading, ts = p["speed_mps"], p["heading_deg"], p["ts"]
@@ -173,9 +179,13 @@ class Engine:
                 k7 = parents[c9] = to_parent(c9, key_res)
             dkey = k7 + "|" + dev
             st = trackers.get(dkey) or devices.get(dkey, partition)
-            traffic = self.traffic(*stall.context(st, p), now) if needs_traffic(st, p) else None
-            st, events, facts = step(st, p, now, traffic)
+            st, events, facts = step(st, p, now, spots.around(dev) if needs_around(st, p) else None)
             trackers[dkey] = st
+            m = st.motion
+            if m.still_since is not None:
+                spots.place(dev, m.still_lat, m.still_lon, m.heading, m.still_since, now)
+            elif dev in standing:
+                spots.lift(dev)
             touched_devices.add(dkey)
             for ev in events:
                 self._emit(ev, k7, partition, out)
@@ -281,7 +291,10 @@ class Engine:
                 continue  # leaving an area that never saw the vehicle stop changes nothing
             traffic, ff = self._crash_context(area or crash.CrashArea(key), home, sec, now)
             reports = self._crash_reports(key7, fact.lat, fact.lon, partition)
-            area, events = crash.step(area, fact, now, cell=key, traffic_mps=traffic, free_flow_mps=ff, reports=reports)
+            standing = self.spots.standing(area.vehicles) if area is not None else None
+            area, events = crash.step(
+                area, fact, now, cell=key, traffic_mps=traffic, free_flow_mps=ff, reports=reports, standing=standing
+            )
             self.areas.put(key, area, partition)
             for ev in events:
                 self._emit(ev, key7, partition, out)
@@ -402,6 +415,7 @@ class Engine:
             self.baselines.put(cell, b, part)
 
     def _sweep(self, now: float, out: Output) -> None:
+        self.spots.expire(now, stall.QUIET_S)
         devices = self.devices
         for key, st in devices.items():
             part = devices.partition_of.get(key, 0)
@@ -419,7 +433,8 @@ class Engine:
             traffic, ff = self._crash_context(area, key, sec, now)
             key7 = geo.parent(key, self.key_res)
             reports = self._crash_reports(key7, area.crash.lat, area.crash.lon, part) if area.crash else 0
-            events = crash.tick(area, now, traffic_mps=traffic, free_flow_mps=ff, reports=reports)
+            standing = self.spots.standing(area.vehicles) if area.crash else None
+            events = crash.tick(area, now, traffic_mps=traffic, free_flow_mps=ff, reports=reports, standing=standing)
             for ev in events:
                 self._emit(ev, key7, part, out)
                 self._corroborate(key7, ev, part, now, out)
@@ -454,6 +469,7 @@ class Engine:
         kept = set(keep)
         for state in (self.cells, self.baselines, self.devices, self.areas, self.books, self.active):
             state.forget_partitions(kept)
+        self.spots.clear()
         self.published = {c: v for c, v in self.published.items() if c in self.cells.values}
 
 

@@ -11,6 +11,7 @@ from pipeline import geo
 from pipeline.detect import crash, motion
 from pipeline.detect.crash import CrashArea, Stopped
 from pipeline.detect.events import IncidentEvent, to_alert
+from pipeline.detect.spots import Spots
 
 ORIGIN = (48.8566, 2.3522)
 T0 = 1_763_780_000.0
@@ -52,24 +53,52 @@ def parallel(device: str, speeds: list[float], stop_at: tuple[float, float], t0:
     return track(device, speeds, start=geo.destination(*stop_at, 270.0, back), t0=t0)
 
 
+def cars_going_past(stop: Ping, t0: float, n: int = 4) -> list[list[Ping]]:
+    """``n`` cars in the next lane (4 m south) driving east past ``stop`` at 14 m/s, 10 s apart."""
+    lane = geo.destination(stop["lat"], stop["lon"], 180.0, 4.0)
+    start = geo.destination(*lane, 270.0, 150.0)
+    return [track(f"car-{i}", [14.0] * 10, start=start, t0=t0 + 10.0 * i) for i in range(n)]
+
+
 class Road:
-    """The per-device trackers and per-area detectors of one partition, driven by an explicit clock."""
+    """The per-device trackers, spots and per-area detectors of one partition, driven by an explicit clock."""
 
     def __init__(self) -> None:
         self.trackers: dict[str, motion.MotionTracker] = {}
         self.areas: dict[str, CrashArea] = {}
+        self.spots = Spots()
         self.emits: list[IncidentEvent] = []
 
-    def drive(self, *tracks: list[Ping], traffic: float | None = FLOWING, reports: int = 0) -> list[IncidentEvent]:
+    def drive(
+        self, *tracks: list[Ping], traffic: float | None = FLOWING, reports: int = 0, passing: bool = True
+    ) -> list[IncidentEvent]:
+        """Step every ping in time order; ``passing``: cars in the next lane go past the first track's stop."""
+        if passing:
+            tracks = tracks + tuple(cars_going_past(tracks[0][-1], tracks[0][0]["ts"] + 25.0))
         out: list[IncidentEvent] = []
         for p in sorted((p for t in tracks for p in t), key=lambda p: p["ts"]):
-            now = p["ts"] + 1.0
-            state, facts = motion.step(self.trackers.get(p["device_id"]), p, now)
-            self.trackers[p["device_id"]] = state
+            now, dev = p["ts"] + 1.0, p["device_id"]
+            c9 = geo.cell(p["lat"], p["lon"], 9)
+            if c9 in self.spots.by_cell:
+                self.spots.see(c9, dev, p["ts"], p["lat"], p["lon"], p["speed_mps"], p["heading_deg"])
+            state, facts = motion.step(self.trackers.get(dev), p, now)
+            self.trackers[dev] = state
+            if state.still_since is not None:
+                self.spots.place(dev, state.still_lat, state.still_lon, state.heading, state.still_since, now)
+            else:
+                self.spots.lift(dev)
             for f in facts:
                 for key in crash.area_keys(f.lat, f.lon):
+                    prev = self.areas.get(key)
                     area, new = crash.step(
-                        self.areas.get(key), f, now, cell=key, traffic_mps=traffic, free_flow_mps=FREE, reports=reports
+                        prev,
+                        f,
+                        now,
+                        cell=key,
+                        traffic_mps=traffic,
+                        free_flow_mps=FREE,
+                        reports=reports,
+                        standing=self.spots.standing(prev.vehicles) if prev is not None else None,
                     )
                     self.areas[key] = area
                     out += new
@@ -79,7 +108,8 @@ class Road:
     def tick(self, now: float, traffic: float | None, reports: int = 0) -> list[IncidentEvent]:
         out: list[IncidentEvent] = []
         for area in self.areas.values():
-            out += crash.tick(area, now, traffic_mps=traffic, free_flow_mps=FREE, reports=reports)
+            standing = self.spots.standing(area.vehicles)
+            out += crash.tick(area, now, traffic_mps=traffic, free_flow_mps=FREE, reports=reports, standing=standing)
         self.emits += out
         return out
 
@@ -112,11 +142,29 @@ def test_hard_brake_alone_is_no_crash() -> None:
 
 
 def test_hard_brake_into_a_jam_alone_is_no_crash() -> None:
-    assert Road().drive(track("dev-a", HARD_STOP), traffic=JAMMED) == []
+    assert Road().drive(track("dev-a", HARD_STOP), traffic=JAMMED, passing=False) == []
+
+
+def test_a_red_light_with_its_queue_is_no_crash() -> None:
+    """A hard stop, a second car stopped behind, traffic collapsed, but nothing in its direction goes past."""
+    assert Road().drive(*crash_scene(), traffic=JAMMED, passing=False) == []
+
+
+def test_a_hard_stop_where_others_stopped_just_before_is_no_crash() -> None:
+    """A stop line or a jam's stop-and-go: two cars stopped at the same place shortly before."""
+    a, b = crash_scene()
+    earlier = [
+        track(f"early-{i}", HARD_STOP[:6], start=geo.destination(*ORIGIN, 0.0, 2.0 * i), t0=T0 - 200 + 30 * i)
+        for i in range(2)
+    ]
+    road = Road()
+    road.drive(*earlier, passing=False)
+    assert road.drive(a, b, traffic=JAMMED) == []
+    assert Road().drive(a, b, traffic=JAMMED) != []  # the same crash where nobody stopped before
 
 
 def test_hard_brake_with_collapse_and_a_report_opens() -> None:
-    emits = Road().drive(track("dev-a", HARD_STOP), traffic=JAMMED, reports=1)
+    emits = Road().drive(track("dev-a", HARD_STOP), traffic=JAMMED, reports=1, passing=False)
     assert [e.state for e in emits] == ["opened"]
     assert emits[0].incident.confidence == 0.7
 
@@ -131,15 +179,13 @@ def test_gentle_stop_beside_a_stopped_vehicle_is_no_crash() -> None:
 def test_reports_raise_confidence_and_emit_updated() -> None:
     road = Road()
     opened = road.drive(*crash_scene(), traffic=FLOWING)
-    assert [e.state for e in opened] == ["opened"] and opened[0].incident.confidence == 0.7
+    assert [e.state for e in opened] == ["opened"] and opened[0].incident.confidence == 0.8
     now = T0 + 320  # both vehicles still stand there
     up = road.tick(now, FLOWING, reports=1)
-    assert [e.state for e in up] == ["updated"] and up[0].incident.confidence == 0.85
+    assert [e.state for e in up] == ["updated"] and up[0].incident.confidence == 0.95
     assert up[0].version > opened[0].version
     assert road.tick(now + 1, FLOWING, reports=1) == []  # nothing new
-    up2 = road.tick(now + 2, JAMMED, reports=1)  # the collapse: 1.0, capped
-    assert [e.state for e in up2] == ["updated"] and up2[0].incident.confidence == crash.CAP
-    assert road.tick(now + 3, JAMMED, reports=3) == []  # no higher than the cap
+    assert road.tick(now + 2, JAMMED, reports=3) == []  # capped at 0.99: less than a step up
     assert road.tick(now + 4, FLOWING, reports=0) == []  # confidence never falls back while open
 
 

@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 from pipeline import geo
 from pipeline.detect import stall
 from pipeline.detect.events import IncidentEvent, to_alert
+from pipeline.detect.spots import Around
 from pipeline.detect.stall import StallState
 
 ORIGIN = (48.8566, 2.3522)
 T0 = 1_763_780_000.0
 EAST = 90.0
-MOVING = 12.0  # median of the cell+sector around the device
+MOVING = Around(passers=5, queued=False, usual=False)  # the traffic goes round it
 Ping = dict[str, Any]
 
 
@@ -43,11 +44,11 @@ def trip(drive_s: float, stop_s: float, *, jitter_m: float = 0.0, period: float 
     return out
 
 
-def run(pings: list[Ping], traffic: float | None = MOVING) -> tuple[StallState | None, list[IncidentEvent]]:
+def run(pings: list[Ping], around: Around | None = MOVING) -> tuple[StallState | None, list[IncidentEvent]]:
     state: StallState | None = None
     emits: list[IncidentEvent] = []
     for p in pings:
-        state, new = stall.step(state, p, p["ts"] + 1.0, traffic)
+        state, new = stall.step(state, p, p["ts"] + 1.0, around)
         emits += new
     return state, emits
 
@@ -77,13 +78,19 @@ def test_long_stall_is_refreshed_not_reopened() -> None:
         assert e.incident.expires_at is not None and e.incident.expires_at > e.incident.updated_at
 
 
-def test_everyone_stopped_is_congestion_not_a_stall() -> None:
-    assert run(trip(30, 600), traffic=0.5)[1] == []
-    assert run(trip(30, 600), traffic=stall.TRAFFIC_MOVING_MPS - 0.1)[1] == []
+def test_nobody_going_past_is_congestion_not_a_stall() -> None:
+    assert run(trip(30, 600), around=Around(passers=0, queued=False, usual=False))[1] == []
+    assert run(trip(30, 600), around=Around(passers=stall.PASSERS_MIN - 1, queued=False, usual=False))[1] == []
+    assert run(trip(30, 600), around=Around(passers=stall.PASSERS_MIN, queued=False, usual=False))[1] != []
 
 
-def test_unknown_traffic_never_alerts() -> None:
-    assert run(trip(30, 600), traffic=None)[1] == []
+def test_queued_behind_someone_or_where_others_stop_is_not_a_stall() -> None:
+    assert run(trip(30, 600), around=Around(passers=9, queued=True, usual=False))[1] == []
+    assert run(trip(30, 600), around=Around(passers=9, queued=False, usual=True))[1] == []
+
+
+def test_unknown_surroundings_never_alert() -> None:
+    assert run(trip(30, 600), around=None)[1] == []
 
 
 def test_parked_is_the_end_of_a_trip() -> None:
@@ -149,15 +156,6 @@ def test_duplicates_change_nothing() -> None:
     assert states(run(doubled)[1]) == states(run(pings)[1])
 
 
-def test_context_is_the_cell_and_the_lane_sector() -> None:
-    pings = trip(30, 20)
-    state, _ = run(pings)
-    cell, sector = stall.context(state, pings[-1])
-    assert cell == geo.cell(pings[-1]["lat"], pings[-1]["lon"], 9)
-    assert sector == geo.sector(EAST)
-    assert stall.context(None, pings[0])[1] == geo.sector(pings[0]["heading_deg"])
-
-
 def test_alert_has_no_device_id() -> None:
     _, emits = run(trip(30, 200))
     alert = to_alert(emits[0])
@@ -177,10 +175,10 @@ def test_bytes_round_trip_mid_stall() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(min_value=1.5, max_value=40.0), min_size=1, max_size=80), st.floats(0.0, 30.0))
-def test_never_alerts_for_a_device_that_never_stopped(speeds: list[float], traffic: float) -> None:
+@given(st.lists(st.floats(min_value=1.5, max_value=40.0), min_size=1, max_size=80), st.integers(0, 30))
+def test_never_alerts_for_a_device_that_never_stopped(speeds: list[float], passers: int) -> None:
     pings, dist = [], 0.0
     for i, v in enumerate(speeds):
         dist += v * 5.0
         pings.append(ping(i, T0 + 5.0 * i, *geo.destination(*ORIGIN, EAST, dist), v))
-    assert run(pings, traffic)[1] == []
+    assert run(pings, Around(passers, False, False))[1] == []

@@ -92,6 +92,16 @@ def traffic(run: Run, n: int, speed: float, lat: float = LAT, lon: float = LON, 
     run.feed([run.ping(f"{prefix}{i}", *geo.destination(lat, lon, EAST, i * 3.0), speed) for i in range(n)])
 
 
+def passing(run: Run, n: int, speed: float, lat: float = LAT, lon: float = LON, prefix: str = "by") -> None:
+    """``n`` devices going east past the spot: each seen behind it, then ahead of it."""
+    batch = []
+    for i in range(n):
+        behind = run.ping(f"{prefix}{i}", *geo.destination(lat, lon, EAST + 180.0, 30.0 + i * 3.0), speed)
+        behind["ts"] -= 2.5
+        batch += [behind, run.ping(f"{prefix}{i}", *geo.destination(lat, lon, EAST, 10.0 + i * 3.0), speed)]
+    run.feed(batch)
+
+
 # -- speed, dedupe, k threshold ---------------------------------------------------
 def test_condition_counts_each_ping_once_and_skips_parked() -> None:
     run = Run()
@@ -175,7 +185,7 @@ def test_replayed_pings_do_not_teach_the_baseline_twice() -> None:
 def _stall_scene(run: Run, others_speed: float, seconds: int = 120) -> None:
     for t in range(0, seconds, 5):
         run.feed([run.ping("stuck", LAT, LON, 0.0, heading=EAST)])
-        traffic(run, 4, others_speed, prefix=f"t{t}-")
+        passing(run, 4, others_speed, prefix=f"t{t}-")
         run.now += 5
         run.tick()
 
@@ -208,7 +218,7 @@ def test_stall_cleared_when_the_device_goes_quiet() -> None:
     _stall_scene(run, 12.0)
     assert run.opened("stalled_vehicle")
     for _ in range(20):
-        traffic(run, 4, 12.0, prefix="later")
+        passing(run, 4, 12.0, prefix="later")
         run.tick(5.0)
     assert [a["reason"] for a in run.alerts if a["state"] == "cleared"] == ["gone_quiet"]
 
@@ -235,6 +245,7 @@ def test_hard_brake_into_standstill_with_a_second_stopped_vehicle_is_a_crash() -
     for _ in range(4):
         run.now += 5
         run.feed([run.ping("a", LAT, LON, 0.0), run.ping("b", LAT, LON + 0.0001, 0.0)])
+        passing(run, 2, 14.0, prefix=f"p{run.now}-")  # in the next lane: the road is not blocked
         run.tick()
     (crash,) = run.opened("crash")
     assert crash["confidence"] >= 0.6 and crash["evidence"]["probes"] == 2
@@ -379,7 +390,7 @@ def test_vehicle_stalling_just_after_a_key_boundary_is_detected_in_the_new_parti
     run.now += 3
     for _ in range(24):
         run.feed([run.ping("v", *after, 0.0)], partition=2)
-        traffic(run, 4, 12.0, *after, prefix=f"o{run.now}-")
+        passing(run, 4, 12.0, *after, prefix=f"o{run.now}-")
         run.now += 5
         run.tick()
     (opened,) = run.opened("stalled_vehicle")
