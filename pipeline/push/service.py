@@ -23,7 +23,8 @@ from pipeline.push.delivery import DeliveryLatency
 from pipeline.push.hub import Client, Hub, prepared
 from pipeline.push.watch import corridor_watch
 from pipeline.routing import network
-from pipeline.routing.reroute import Plan, reconsider
+from pipeline.routing.match import route_edges
+from pipeline.routing.reroute import Offer, Plan, on_subscribe, reconsider
 from pipeline.routing.router import Router
 from pipeline.settings import TOPIC_ALERTS, TOPIC_CONDITIONS, Settings
 from pipeline.tokens import TokenVerifier, parse_keys
@@ -155,38 +156,45 @@ class PushService:
 
     # -- destinations and reroutes -----------------------------------------------------------
 
-    def plan(self, client: Client, lat: float, lon: float, dest: tuple[float, float]) -> dict[str, int] | None:
-        """Plan (or keep) the driver's route to ``dest``; the cells along what is left of it.
+    def plan(
+        self,
+        client: Client,
+        lat: float,
+        lon: float,
+        dest: tuple[float, float],
+        route: list[tuple[float, float]] | None = None,
+    ) -> dict[str, int] | None:
+        """Plan the driver's way to ``dest`` (along ``route`` when sent); the cells along what is left of it.
 
-        None when there is no road network or either end is off it: the driver then
-        watches the cone ahead and gets no reroutes.
+        A better way than the plan is offered right away (pipeline/routing/reroute.py). None
+        when there is no road network or either end is off it: the driver then watches the
+        cone ahead (or its route) and gets no reroutes.
         """
         r = self.router
         if r is None:
             return None
-        at, goal = r.snap(lat, lon), r.snap(*dest)
-        if at is None or goal is None:
-            client.plan = None
+        goal = r.snap(*dest)
+        prev = client.plan if isinstance(client.plan, Plan) else None
+        driven = route_edges(r, route) if route else ()
+        plan, offer = (None, None) if goal is None else on_subscribe(r, prev, lat, lon, goal, driven)
+        client.plan = plan
+        if plan is None:
             return None
-        plan = client.plan if isinstance(client.plan, Plan) else None
-        if plan is None or plan.destination != goal or plan.remaining(at) is None:
-            best = r.route_nodes(at, goal)
-            if best is None:
-                client.plan = None
-                return None
-            plan = client.plan = Plan.of(r, at, goal, best)
-        else:
-            plan.at = at
-            self._offer(client, plan)
-        return corridor_watch(r.path(plan.remaining(at) or ()).polyline or ((lat, lon), dest), self.s.cell_resolution)
+        if offer is not None:
+            self._send(client, offer)
+        ahead = r.path(plan.remaining(plan.at) or ()).polyline or ((lat, lon), dest)
+        return corridor_watch(ahead, self.s.cell_resolution)
 
     def _offer(self, client: Client, plan: Plan) -> bool:
         assert self.router is not None
-        old = plan.remaining(plan.at) or ()
         offer = reconsider(self.router, plan)
         if offer is None:
             return False
-        reason = next(iter(self.router.closures_on(old)), "congestion")
+        self.hub.subscribe(client, corridor_watch(offer.route.polyline, self.s.cell_resolution), client.origin)
+        self._send(client, offer)
+        return True
+
+    def _send(self, client: Client, offer: Offer) -> None:
         msg = prepared(
             {
                 "type": "reroute",
@@ -195,13 +203,11 @@ class PushService:
                 "eta_s": round(offer.route.travel_s, 1),
                 "free_flow_s": round(offer.route.free_flow_s, 1),
                 "blocked": offer.blocked,
-                "reason": reason,
+                "reason": offer.reason,
             }
         )
-        self.hub.subscribe(client, corridor_watch(offer.route.polyline, self.s.cell_resolution), client.origin)
         client.enqueue("reroute", msg)
         self.reroutes.inc()
-        return True
 
     async def reroute_loop(self) -> None:
         """Reconsider the plans that a change of live weights touches."""

@@ -136,10 +136,11 @@ class StreamEndpoint:
                 dest = msg.get("destination")
                 watch = None
                 if dest is not None:
-                    watch = self.svc.plan(client, lat, lon, (float(dest["lat"]), float(dest["lon"])))
+                    route = [(float(a), float(b)) for a, b in msg.get("route") or ()]
+                    watch = self.svc.plan(client, lat, lon, (float(dest["lat"]), float(dest["lon"])), route)
                 else:
                     client.plan = None
-                if msg.get("route"):
+                if msg.get("route") and watch is None:
                     watch = corridor_watch([(float(a), float(b)) for a, b in msg["route"]], res)
                 origin = None
                 if watch is None:

@@ -1,11 +1,15 @@
 """When a driver going somewhere should be offered another way.
 
-A driver subscribed with a destination (or a route) has a plan: the junctions and edges
-it is driving. When live weights change on the rest of the plan, the fastest route
-from where the driver is now is computed; it is offered when it is at least
-max(120 s, 10 %) faster than the rest of the plan, or when the plan is blocked (a
-closure on it). The offered route becomes the plan, so the same alternative is never
-offered twice.
+A driver subscribed with a destination has a plan: the junctions and edges it is
+driving from the next junction on. It is the route the driver sends when it sends one
+(matched to the network: :mod:`pipeline.routing.match`); without one, the map's quickest
+route (free-flow times), which is what a driver finds without live traffic. Against it,
+the fastest route now from the same junction: it is offered when it is at least
+max(120 s, 10 %) faster than the rest of the plan, or when the plan is blocked (a closure
+on it). This is decided at every subscribe (so a driver who subscribes after a closure is
+known is told at once) and whenever live weights change on the plan. An offered route
+becomes the plan; a driver who then sends its old route again has declined it, and the
+same way round is not offered again (only a new one, e.g. from further along).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pipeline.routing.match import locate
 from pipeline.routing.router import Route, Router
 
 MIN_SAVING_S = 120.0
@@ -25,12 +30,17 @@ class Plan:
     nodes: tuple[int, ...]  # junctions along the plan, from its start
     edges: tuple[int, ...]
     edge_set: frozenset[int]
-    at: int  # the junction the driver was last snapped to
+    at: int  # the junction the driver was last snapped to (or is heading to, on its route)
+    offered: tuple[int, ...] = ()  # the last way offered (not offered again)
 
     @classmethod
     def of(cls, router: Router, start: int, destination: int, route: Route) -> Plan:
-        nodes = [start] + [router.net.edges[e].target for e in route.edges]
-        return cls(destination, tuple(nodes), route.edges, frozenset(route.edges), start)
+        return cls.along(router, start, destination, route.edges)
+
+    @classmethod
+    def along(cls, router: Router, start: int, destination: int, edges: tuple[int, ...]) -> Plan:
+        nodes = [start] + [router.net.edges[e].target for e in edges]
+        return cls(destination, tuple(nodes), edges, frozenset(edges), start)
 
     def remaining(self, at: int) -> tuple[int, ...] | None:
         """Edges still ahead of junction ``at``; None when the driver left the plan."""
@@ -47,6 +57,7 @@ class Offer:
     saved_s: float  # 0 when the plan is blocked: there is nothing to compare with
     blocked: bool
     current_s: float
+    reason: str = "congestion"  # the closure alert on the old route, if any
 
 
 def worth_it(current_s: float, alternative_s: float) -> bool:
@@ -68,7 +79,59 @@ def reconsider(router: Router, plan: Plan) -> Offer | None:
     best = router.route_nodes(at, plan.destination)
     if best is None or not worth_it(current, best.travel_s):
         return None
+    n = len(best.edges)
+    if n and plan.offered[-n:] == best.edges:
+        return None  # the way already offered (the driver kept its own): not again
+    reason = next(iter(router.closures_on(rest)), "congestion")
     new = Plan.of(router, at, plan.destination, best)
-    plan.nodes, plan.edges, plan.edge_set = new.nodes, new.edges, new.edge_set
+    plan.nodes, plan.edges, plan.edge_set, plan.offered = new.nodes, new.edges, new.edge_set, best.edges
     blocked = not math.isfinite(current)
-    return Offer(best, 0.0 if blocked else current - best.travel_s, blocked, current)
+    return Offer(best, 0.0 if blocked else current - best.travel_s, blocked, current, reason)
+
+
+def driven_plan(router: Router, route: tuple[int, ...], lat: float, lon: float, goal: int) -> Plan | None:
+    """The plan of a driver on ``route`` (edges) at (lat, lon): its route from the next junction to ``goal``.
+
+    None when the driver is not on its route. A route that does not reach ``goal`` is
+    continued by the map's quickest path; one that passes it ends there.
+    """
+    i = locate(router, route, lat, lon)
+    if i is None:
+        return None
+    at = router.net.edges[route[i]].target
+    rest = route[i + 1 :]
+    nodes = [at] + [router.net.edges[e].target for e in rest]
+    if goal in nodes:
+        rest = rest[: nodes.index(goal)]
+    else:
+        tail = router.map_path(nodes[-1], goal)
+        if not tail:
+            return None
+        rest += tail
+    return Plan.along(router, at, goal, rest)
+
+
+def on_subscribe(
+    router: Router, prev: Plan | None, lat: float, lon: float, goal: int, route: tuple[int, ...] = ()
+) -> tuple[Plan | None, Offer | None]:
+    """A driver (re)subscribed: its plan now, and an offer if another way is clearly better.
+
+    ``route``: the edges of the route the driver sent (() when it sent only a destination:
+    it keeps the plan it has while it is on it, else the map's quickest route from here).
+    """
+    plan = driven_plan(router, route, lat, lon, goal) if route else None
+    if plan is None:
+        at = router.snap(lat, lon)
+        if at is None:
+            return None, None
+        if not route and prev is not None and prev.destination == goal and prev.remaining(at) is not None:
+            plan = prev
+            plan.at = at
+        else:
+            path = router.map_path(at, goal)
+            if at != goal and not path:
+                return None, None
+            plan = Plan.along(router, at, goal, path)
+    if prev is not None and prev is not plan and prev.destination == goal:
+        plan.offered = prev.offered
+    return plan, reconsider(router, plan)

@@ -92,6 +92,11 @@ class Router:
         self.weights = self.free.copy()
         self.pieces = [edge_pieces(e.shape, e.length_m, res) for e in net.edges]
         self.by_cell: dict[str, set[int]] = {}
+        self.between: dict[tuple[int, int], int] = {}  # (from, to) junctions → the quickest edge joining them
+        for i, e in enumerate(net.edges):
+            j = self.between.get((e.source, e.target))
+            if j is None or self.free[i] < self.free[j]:
+                self.between[(e.source, e.target)] = i
         for i, pieces in enumerate(self.pieces):
             for p in pieces:
                 self.by_cell.setdefault(p.cell, set()).add(i)
@@ -159,14 +164,17 @@ class Router:
 
     # -- queries --------------------------------------------------------------------------
 
-    def snap(self, lat: float, lon: float) -> int | None:
-        """The nearest routable junction, or None when nothing is within MAX_SNAP_M."""
+    def nearest(self, lat: float, lon: float) -> tuple[int, float]:
+        """The nearest routable junction and its distance in metres."""
         kx = math.cos(math.radians(lat))
         d2 = ((self._snap_lat - lat) ** 2 + ((self._snap_lon - lon) * kx) ** 2) * (111_195.0**2)
         j = int(np.argmin(d2))
-        if d2[j] > MAX_SNAP_M**2:
-            return None
-        return int(self._snap_nodes[j])
+        return int(self._snap_nodes[j]), math.sqrt(float(d2[j]))
+
+    def snap(self, lat: float, lon: float) -> int | None:
+        """The nearest routable junction, or None when nothing is within MAX_SNAP_M."""
+        node, d = self.nearest(lat, lon)
+        return node if d <= MAX_SNAP_M else None
 
     def route_nodes(self, source: int, target: int) -> Route | None:
         """Fastest route now between two junctions; None if every way is closed."""
@@ -179,6 +187,12 @@ class Router:
         if not edges or not math.isfinite(travel):
             return None
         return self.path(edges)
+
+    def map_path(self, source: int, target: int) -> tuple[int, ...]:
+        """The quickest edges between two junctions by the map alone (free-flow times); () if none."""
+        if source == target:
+            return ()
+        return tuple(int(e) for e in self.graph.get_shortest_path(source, target, weights=self.free, output="epath"))
 
     def closures_on(self, edges: tuple[int, ...]) -> list[str]:
         """Ids of the active closures on these edges, in the direction they are driven."""

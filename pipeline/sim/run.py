@@ -33,6 +33,7 @@ from pipeline.sim.sumo import Network, Sumo, Vehicle, net_path
 
 VOTE_M = 100.0
 SPAM_EVERY_S = 60.0
+ROUTE_POINTS = 2000  # the most a subscribe's route may carry (pipeline/push/stream.py)
 TAIL_S = 600.0  # at most this long after the end for the closure group to arrive
 
 
@@ -253,8 +254,11 @@ def _subscriptions(run: Run, sim: Sumo, vehicles: dict[str, Vehicle], t: float) 
             "heading_deg": round(v.heading % 360.0, 1),
             "speed_mps": round(min(89.0, v.speed), 2),
         }
-        if dest:  # the destination only: the push worker plans the route (and offers reroutes off it)
+        if dest:  # the push worker plans along the route the driver drives (and offers reroutes off it)
             msg["destination"] = {"lat": round(dest[-1][0], 6), "lon": round(dest[-1][1], 6)}
+            line = run.rerouter.polyline(sim.remaining_route(vid))[:ROUTE_POINTS]
+            if len(line) >= 2:
+                msg["route"] = [[round(lat, 6), round(lon, 6)] for lat, lon in line]
         sub.subscribe(msg)
 
 

@@ -373,6 +373,24 @@ async def test_route_and_a_reroute_around_a_closure(
             await publish(producer, closure)
             msg = await next_of(ws, "reroute", timeout=15.0)
         assert msg["blocked"] is True and msg["reason"] == closure["id"]
+        # a driver subscribing now with its route through the closure is told at once, not left to drive into it
+        async with connect(ws_url(workers[0]), additional_headers=_driver(push_settings, "late-driver")) as late:
+            await late.send(
+                orjson.dumps(
+                    {
+                        "type": "subscribe",
+                        "lat": origin[0],
+                        "lon": origin[1],
+                        "heading_deg": heading,
+                        "speed_mps": 10.0,
+                        "destination": {"lat": dest[0], "lon": dest[1]},
+                        "route": before["polyline"],
+                    }
+                ).decode()
+            )
+            first = await next_of(late, "reroute", timeout=5.0)
+        assert first["blocked"] is True and first["reason"] == closure["id"]
+        assert not _drives_through(first["polyline"], cell, closed_heading)
         assert not _drives_through(msg["polyline"], cell, closed_heading)
         assert msg["eta_s"] >= before["travel_s"]
         after = (await http.get("/v1/route", params=q)).json()

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline import geo
 from pipeline.routing import network
-from pipeline.routing.reroute import Plan, reconsider, worth_it
+from pipeline.routing.match import locate, route_edges
+from pipeline.routing.reroute import Plan, on_subscribe, reconsider, worth_it
 from pipeline.routing.router import Router
 
 
@@ -121,3 +122,104 @@ def test_reconsider_offers_a_way_around_a_closure_once() -> None:
     assert e not in offer.route.edges and math.isfinite(offer.route.travel_s)
     assert plan.edges == offer.route.edges
     assert reconsider(r, plan) is None  # the offered route is now the plan
+
+
+# -- a driver's own route, and offers at subscribe time (pipeline/routing/match.py, reroute.py) --
+
+
+def _sim_polyline(r: Router, edges: tuple[int, ...]) -> list[tuple[float, float]]:
+    """A route as the simulator sends it: each edge's first and last shape point."""
+    return [pt for e in edges for pt in (r.net.edges[e].shape[0], r.net.edges[e].shape[-1])]
+
+
+def _middle(r: Router, e: int) -> tuple[float, float]:
+    shape = r.net.edges[e].shape
+    (a_lat, a_lon), (b_lat, b_lon) = shape[len(shape) // 2 - 1 if len(shape) > 2 else 0], shape[len(shape) // 2]
+    return (a_lat + b_lat) / 2, (a_lon + b_lon) / 2
+
+
+def _closed_with_a_way_round(r: Router, edges: tuple[int, ...], start: int, goal: int) -> int:
+    """Close (alert id ``c-1``) the first edge of ``edges[2:-1]`` that leaves a way from ``start`` to ``goal``."""
+    for e in edges[2:-1]:
+        p = r.pieces[e][len(r.pieces[e]) // 2]
+        r.on_alert({"id": "c-1", "type": "closure", "state": "opened", "cell": p.cell, "heading_deg": p.heading_deg})
+        if r.route_nodes(start, goal) is not None:
+            return e
+        r.on_alert({"id": "c-1", "type": "closure", "state": "cleared", "cell": p.cell, "heading_deg": 0.0})
+    pytest.fail("no closable edge with a way around on this route")
+
+
+def test_route_polyline_is_matched_to_its_edges() -> None:
+    r = _router()
+    a, b = _long_pair(r)
+    route = r.route_nodes(a, b)
+    assert route is not None and len(route.edges) > 5
+    assert route_edges(r, _sim_polyline(r, route.edges)) == route.edges
+    # a sparse polyline (every third junction): the gaps are joined by the map's quickest path
+    sparse = [
+        (float(r.net.node_lat[n]), float(r.net.node_lon[n]))
+        for n in ([a, *(r.net.edges[e].target for e in route.edges)])[::3]
+    ]
+    assert route_edges(r, sparse)[:3] == route.edges[:3]
+    assert route_edges(r, [(52.52, 13.40), (52.53, 13.41)]) == ()  # off the network: nothing
+
+
+def test_locate_finds_the_edge_the_driver_is_on() -> None:
+    r = _router()
+    a, b = _long_pair(r)
+    route = r.route_nodes(a, b)
+    assert route is not None
+    assert locate(r, route.edges, *_middle(r, route.edges[3])) == 3
+    assert locate(r, route.edges, 52.52, 13.40) is None
+
+
+def test_a_driver_subscribing_onto_a_closed_route_is_offered_a_way_round_at_once() -> None:
+    r = Router(_router().net)
+    a, b = _long_pair(r)
+    own = r.route_nodes(a, b)
+    assert own is not None
+    closed = _closed_with_a_way_round(r, own.edges, a, b)
+    lat, lon = _middle(r, own.edges[0])
+    driven = route_edges(r, _sim_polyline(r, own.edges))
+    plan, offer = on_subscribe(r, None, lat, lon, b, driven)
+    assert plan is not None and offer is not None  # at its first subscribe, no change of weights needed
+    assert offer.blocked and offer.reason == "c-1"
+    assert closed not in offer.route.edges and plan.edges == offer.route.edges
+    assert offer.route.polyline[0] == pytest.approx(
+        r.net.edges[own.edges[0]].shape[-1], abs=1e-3
+    )  # from its next junction
+    # it declined: it sends its own route again, a little further on; the same way is not offered twice
+    lat2, lon2 = _middle(r, own.edges[1])
+    plan2, offer2 = on_subscribe(r, plan, lat2, lon2, b, driven)
+    assert offer2 is None and plan2 is not None and closed in plan2.edges
+    # the closure ends: nothing to offer
+    r.on_alert({"id": "c-1", "type": "closure", "state": "cleared", "cell": "x", "heading_deg": 0.0})
+    assert on_subscribe(r, None, lat2, lon2, b, driven)[1] is None
+
+
+def test_a_driver_with_a_destination_only_is_assumed_on_the_maps_route() -> None:
+    r = Router(_router().net)
+    a, b = _long_pair(r)
+    lat, lon = float(r.net.node_lat[a]), float(r.net.node_lon[a])
+    plan, offer = on_subscribe(r, None, lat, lon, b)
+    assert plan is not None and offer is None and plan.edges == r.map_path(a, b)
+    closed = _closed_with_a_way_round(r, plan.edges, a, b)
+    plan, offer = on_subscribe(r, None, lat, lon, b)  # a driver connecting now: told at once
+    assert plan is not None and offer is not None and offer.blocked and closed not in plan.edges
+
+
+def test_a_congested_route_is_offered_a_faster_one_with_the_saving() -> None:
+    r = Router(_router().net)
+    a, b = _long_pair(r)
+    own = r.route_nodes(a, b)
+    assert own is not None
+    slow = own.edges[len(own.edges) // 2]
+    for p in r.pieces[slow]:  # a standing queue on one edge of the route
+        r.on_condition(p.cell, {"sectors": [{"sector": p.sector, "median_mps": 0.5, "level": 4}]})
+    lat, lon = _middle(r, own.edges[0])
+    plan, offer = on_subscribe(r, None, lat, lon, b, own.edges)
+    if offer is None:  # no way round that queue is 2 min faster on this pair: the threshold holds
+        assert plan is not None and slow in plan.edges
+        return
+    assert not offer.blocked and offer.reason == "congestion"
+    assert offer.saved_s >= max(120.0, 0.1 * offer.current_s) and slow not in offer.route.edges
