@@ -36,6 +36,7 @@ from pipeline.settings import (
 )
 from pipeline.worker_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pipeline.worker_metrics import WorkerMetrics
+from topologies.flow import SourceTopic, TraverzApp
 from topologies.state import ChangelogTable, Outbox
 
 settings = get_settings()
@@ -48,7 +49,7 @@ PUBLISH_INTERVAL_S = 0.5
 FLUSH_S = 5.0
 MAX_HELD = 20_000  # ... or once a partition holds this many records
 
-app = faust.App(
+app = TraverzApp(  # faust.App whose commits never pass an unacknowledged record (topologies/flow.py)
     settings.worker_app_id,  # per generation (traverz topics rescale): new group, new changelogs
     broker=f"kafka://{settings.bootstrap}",
     store="rocksdb://",  # faust drives RocksDB through rocksdict
@@ -68,7 +69,8 @@ app = faust.App(
 
 
 def _raw_topic(name: str) -> Any:
-    return app.topic(name, key_serializer="raw", value_serializer="raw")
+    # agent buffers not wiped when faust resumes the flow after a rebalance (topologies/flow.py)
+    return SourceTopic(app, topics=[name], key_serializer="raw", value_serializer="raw")
 
 
 pings_topic = _raw_topic(settings.pings_topic)

@@ -1,0 +1,136 @@
+"""Faust's consumer and agent buffers, corrected so a rebalance can never commit past an unprocessed record.
+
+The loss (the survivor of a killed worker ended one record short in one cell)
+was traced with per-record logs of the consumer's callback, the agent and the
+acknowledgements: a record was handed to the agent's buffer yet never reached
+the agent, and the commit went past it. Three faust-streaming 0.15.3 behaviours
+line up:
+
+1. At the end of a rebalance's recovery faust resumes the stream partitions,
+   awaits its seek to the committed offsets — the fetcher, whose flow recovery
+   already resumed, delivers records meanwhile — and only then calls
+   ``flow_control.resume()``, which **clears every agent buffer**
+   (``FlowControlEvent.resume`` → ``FlowControlQueue.clear``, the channels are
+   created ``clear_on_resume=True``). A record delivered in that window is
+   gone; the consumer already counts it as read (``_read_offset``), so no
+   refetch brings it back.
+2. When the fetcher is still handing out a batch fetched before that seek, the
+   seek has reset ``_read_offset`` to the committed offset, so the next record
+   looks like a jump and faust records the "gap" as acknowledged
+   (``Consumer._add_gap``) — records nobody acknowledged (faust #559).
+3. ``Consumer._new_offset`` withholds a commit only when the first acked
+   offset is *more than one* past the committed one (``min(acked) - committed
+   > 1``): one missing record at the head is committed over (faust #606, open
+   PR #707). And for a partition the group never committed it has no head at
+   all: it commits the first run of acks wherever it starts.
+4. That last case is not rare: faust's fetcher silently discards records of a
+   partition it paused after aiokafka fetched them, and relies on the seek to
+   the committed offsets at the end of the rebalance to fetch them again — but
+   for a partition without a committed offset there is no seek (aiokafka's
+   ``seek_to_committed`` skips it). Seen: a worker joining during the feed got
+   a never-committed partition from offset 18, committed 19, and 18 records
+   were never processed by anyone (a new group, e.g. after a rescale, has only
+   such partitions).
+
+The fix, at the three places: agent buffers are cleared when faust suspends
+the flow (a rebalance starts: what they hold belongs to the old generation and
+is fetched again) but not when it resumes it (what they hold then was fetched
+in the new generation and is valid); gaps are not acknowledged on our behalf
+(the source topics are neither compacted nor transactional, so their offsets
+have no holes); a commit never starts past the committed offset; and a
+partition the group never committed is sought to its first offset (what
+``auto_offset_reset="earliest"`` means), which also gives its commits a head.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+from mode.utils.queues import ThrowableQueue
+
+log = logging.getLogger(__name__)
+STALL_WARN_S = 30.0  # a head gap held this long is a record that was lost before the agent
+
+
+class ResumeKeepingQueue(ThrowableQueue[Any]):
+    """An agent buffer that faust empties when the flow stops, not when it resumes."""
+
+    def clear(self) -> None:
+        # FlowControlEvent.clear() runs right after suspend() (rebalance start, stop): inactive then.
+        # FlowControlEvent.resume() re-activates and then clears: keep the new generation's records.
+        if self._flow_control.is_active():
+            return
+        super().clear()
+
+
+class SourceTopic(faust.Topic):
+    """A topic whose agent buffers are :class:`ResumeKeepingQueue` (clones, as agents make them, too)."""
+
+    @property
+    def queue(self) -> ThrowableQueue[Any]:
+        if self._queue is None:
+            maxsize = self.maxsize if self.maxsize is not None else self.app.conf.stream_buffer_maxsize
+            self._queue = ResumeKeepingQueue(
+                maxsize=maxsize, flow_control=self.app.flow_control, clear_on_resume=True  # managed: cleared on stop
+            )
+        queue: ThrowableQueue[Any] = self._queue
+        return queue
+
+
+class StrictCommitConsumer(AIOKafkaConsumer):
+    """Commits only runs of acknowledged offsets that start at the committed offset."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held_since: dict[TP, float] = {}
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        fresh = [
+            tp
+            for tp in self.assignment()
+            if self.app.topics.acks_enabled_for(tp.topic) and self._committed_offset[tp] is None
+        ]
+        if fresh:
+            for tp, offset in (await self.earliest_offsets(*fresh)).items():
+                await self.seek(tp, offset)
+                self._committed_offset[tp] = offset  # the head: nothing before it exists
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # Our source topics have contiguous offsets: a "gap" is faust's own read-offset
+        # bookkeeping racing a seek, and marking it acknowledged would commit unprocessed records.
+        return None
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed is not None and min(acked) > committed:
+            # the record at the committed offset is not acknowledged yet: nothing to commit
+            since = self._held_since.setdefault(tp, time.monotonic())
+            if time.monotonic() - since > STALL_WARN_S:
+                log.warning("%s: offset %d unacknowledged for %.0f s (acked from %d)",
+                            tp, committed, time.monotonic() - since, min(acked))
+                self._held_since[tp] = time.monotonic()
+            return None
+        self._held_since.pop(tp, None)
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
+
+class TraverzApp(faust.App):
+    """``faust.App`` with :class:`StrictCommitConsumer`."""
+
+    def _new_consumer(self) -> StrictCommitConsumer:
+        return StrictCommitConsumer(
+            self.transport,
+            callback=self.topics.on_message,
+            on_partitions_revoked=self._on_partitions_revoked,
+            on_partitions_assigned=self._on_partitions_assigned,
+            beacon=self.beacon,
+            loop=self.loop,
+        )
