@@ -128,6 +128,9 @@ def cmd_push(args: argparse.Namespace, s: Settings) -> int:
         access_log=False,
         ws_max_size=MAX_FRAME,  # a bigger client frame is closed with 1009
         ws="websockets-sansio",  # writes each prepared frame straight to the transport (bench push)
+        # Our frames go out uncompressed (pipeline/push/frames.py); negotiated, deflate would still
+        # hold a zlib inflater per browser connection for the few bytes drivers send.
+        ws_per_message_deflate=False,
         loop="uvloop",
     )
     return 0
@@ -226,7 +229,7 @@ def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
     if args.what == "push":
         from pipeline.bench import push
 
-        return push.main(s, clients=args.clients, seconds=args.seconds, rate=args.rate or 1000.0)
+        return push.main(s, clients=args.clients, seconds=args.seconds, rate=args.rate or 1000.0, rounds=args.rounds)
     print(f"traverz bench {args.what}: not built yet", file=sys.stderr)
     return 2
 

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -70,8 +71,18 @@ def target_cells(clients: int, res: int) -> list[str]:
 def condition(cell: str, version: int, fast: bool) -> dict[str, Any]:
     lat, lon = geo.cell_center(cell)
     v = 13.0 if fast else 3.0
-    sec = {"sector": 0, "heading_deg": 0.0, "mean_mps": v, "median_mps": v, "p85_mps": v, "samples": 9,
-           "devices": 3, "free_flow_mps": 13.9, "level": 0 if fast else 3, "jam_factor": 0.0 if fast else 7.8}
+    sec = {
+        "sector": 0,
+        "heading_deg": 0.0,
+        "mean_mps": v,
+        "median_mps": v,
+        "p85_mps": v,
+        "samples": 9,
+        "devices": 3,
+        "free_flow_mps": 13.9,
+        "level": 0 if fast else 3,
+        "jam_factor": 0.0 if fast else 7.8,
+    }
     return {"cell": cell, "version": version, "updated_at": time.time(), "lat": lat, "lon": lon,
             "level": sec["level"], "jam_factor": sec["jam_factor"], "sectors": [sec], "incidents": [],
             "sample_bucket": "3-9", "window_s": 300}  # fmt: skip
@@ -95,8 +106,9 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def run_clients(port: int, clients: int, part: int, parts: int, seconds: float, token: str) -> None:
-    """Hold drivers ``part``, ``part + parts``, … of ``clients``; 'ready'; on 'go' count for ``seconds``
-    after ``WARMUP_S``; on 'end' report (window counts, all frames since 'go', CPU seconds)."""
+    """Hold drivers ``part``, ``part + parts``, … of ``clients``; 'ready'; per round, on 'go' count for
+    ``seconds`` after ``WARMUP_S`` and on 'end' report (window counts, all frames since 'go', CPU
+    seconds); any other line ends it."""
     raise_fd_limit()
     tally = wsclient.Tally(SAMPLE_EVERY)
     loop = asyncio.get_running_loop()
@@ -113,18 +125,19 @@ async def run_clients(port: int, clients: int, part: int, parts: int, seconds: f
         conns += batch
     await asyncio.sleep(2.0)
     print(json.dumps({"ready": len(conns)}), flush=True)
-    await loop.run_in_executor(None, sys.stdin.readline)
-    texts0 = sum(c.texts for c in conns)
-    await asyncio.sleep(WARMUP_S)
-    cpu0, t0 = _cpu_s(), time.monotonic()
-    tally.on = True
-    await asyncio.sleep(seconds)
-    tally.on = False
-    elapsed, cpu = time.monotonic() - t0, _cpu_s() - cpu0
-    await loop.run_in_executor(None, sys.stdin.readline)
-    closed, since_go = sum(1 for c in conns if c.closed.done()), sum(c.texts for c in conns) - texts0
-    print(json.dumps({"received": tally.frames, "seconds": elapsed, "cpu_s": cpu, "closed": closed,
-                      "all_since_go": since_go, "lat": tally.latencies}), flush=True)  # fmt: skip
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "go":  # one round each
+        tally.frames, tally.latencies = 0, []
+        texts0 = sum(c.texts for c in conns)
+        await asyncio.sleep(WARMUP_S)
+        cpu0, t0 = _cpu_s(), time.monotonic()
+        tally.on = True
+        await asyncio.sleep(seconds)
+        tally.on = False
+        elapsed, cpu = time.monotonic() - t0, _cpu_s() - cpu0
+        await loop.run_in_executor(None, sys.stdin.readline)
+        closed, since_go = sum(1 for c in conns if c.closed.done()), sum(c.texts for c in conns) - texts0
+        print(json.dumps({"received": tally.frames, "seconds": elapsed, "cpu_s": cpu, "closed": closed,
+                          "all_since_go": since_go, "lat": tally.latencies}), flush=True)  # fmt: skip
     for c in conns:
         if c.transport is not None:
             c.transport.abort()
@@ -260,13 +273,12 @@ def _tell(procs: list[subprocess.Popen[str]], line: str) -> None:
 
 
 def _results(procs: list[subprocess.Popen[str]], offered: float) -> dict[str, Any]:
-    """Say 'end', sum what the client processes counted."""
+    """Say 'end', sum what the client processes counted in this round."""
     _tell(procs, "end")
     rs = []
     for proc in procs:
         assert proc.stdout is not None
         rs.append(json.loads(proc.stdout.readline()))
-        proc.wait(30)
     lat = [x for r in rs for x in r["lat"]]
     received, seconds = sum(r["received"] for r in rs), max(r["seconds"] for r in rs)
     return {"msgs_per_s": received / seconds, "offered_msgs_per_s": offered, "received": received,
@@ -274,6 +286,21 @@ def _results(procs: list[subprocess.Popen[str]], offered: float) -> dict[str, An
             "clients_closed": sum(r["closed"] for r in rs), "client_cpu_s": sum(r["cpu_s"] for r in rs),
             "latency_p50_ms": pct(lat, 0.5) * 1000, "latency_p99_ms": pct(lat, 0.99) * 1000,
             "latency_max_ms": max(lat, default=float("nan")) * 1000, "latency_samples": len(lat)}  # fmt: skip
+
+
+def _quit(procs: list[subprocess.Popen[str]]) -> None:
+    _tell(procs, "quit")
+    for proc in procs:
+        proc.wait(30)
+
+
+def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per numeric field, the median over the rounds (the rounds themselves are kept beside it)."""
+    out: dict[str, Any] = {}
+    for key, v in rounds[0].items():
+        if isinstance(v, int | float):
+            out[key] = statistics.median(float(r[key]) for r in rounds)
+    return out
 
 
 def _settled(push_port: int, timeout: float = 60.0) -> float:
@@ -320,10 +347,8 @@ def _route_latency(s: Settings, push_port: int) -> dict[str, Any]:
             "http_p50_ms": pct(http, 0.5) * 1000, "http_p95_ms": pct(http, 0.95) * 1000}  # fmt: skip
 
 
-def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float = 1000.0) -> int:
+def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float = 1000.0, rounds: int = 3) -> int:
     import logging
-
-    import httpx
 
     from pipeline import tokens
 
@@ -333,9 +358,9 @@ def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float 
                          audience=s.token_audience, ttl_s=3600)  # fmt: skip
     env = dict(os.environ)
     env.update(TRAVERZ_BOOTSTRAP=s.bootstrap, TRAVERZ_TOKEN_SECRET=s.token_secret, PYTHONUNBUFFERED="1")
-    offered = rate * FANOUT
     out: dict[str, Any] = {"clients": clients, "fanout": FANOUT, "rate_conditions_per_s": rate, "seconds": seconds,
-                           "warmup_s": WARMUP_S, "client_processes": CLIENT_PROCS, "cpus": os.cpu_count()}  # fmt: skip
+                           "rounds": rounds, "warmup_s": WARMUP_S, "client_processes": CLIENT_PROCS,
+                           "cpus": os.cpu_count(), "load_before": os.getloadavg()}  # fmt: skip
     push_port, bare_port = 18181, 18182
     push = _spawn([sys.executable, "-m", "pipeline.cli", "push", "--port", str(push_port)], env)
     try:
@@ -344,14 +369,8 @@ def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float 
         cl = _clients(push_port, clients, seconds, token, env)
         out["push_rss_mb"] = rss_kb(push.pid) / 1024
         out["bytes_per_driver"] = (rss_kb(push.pid) - rss0) * 1024 / clients
-        sent0, cpu0, user0 = _sent(push_port), _cpu_s(push.pid), _cpu_s(push.pid, kernel=False)
-        _tell(cl, "go")
-        out["producer"] = asyncio.run(_produce(s, clients, rate, WARMUP_S + seconds + 0.5))
-        sent1 = _settled(push_port)  # a worker behind is still writing: both counts once it is done
-        out["push"] = _results(cl, offered)
-        out["push"]["server_sent_since_go"] = sent1 - sent0
-        out["push"]["server_cpu_s"] = _cpu_s(push.pid) - cpu0
-        out["push"]["server_user_cpu_s"] = _cpu_s(push.pid, kernel=False) - user0
+        out["push_rounds"] = [_push_round(s, cl, push_port, push.pid, clients, rate, seconds) for _ in range(rounds)]
+        _quit(cl)
         out["route"] = _route_latency(s, push_port)
     finally:
         push.terminate()
@@ -363,45 +382,85 @@ def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float 
     try:
         _wait_http(f"http://127.0.0.1:{bare_port}/healthz")
         cl = _clients(bare_port, clients, seconds, token, env)
-        cpu0, user0 = _cpu_s(bare.pid), _cpu_s(bare.pid, kernel=False)
-        _tell(cl, "go")
-        httpx.post(f"http://127.0.0.1:{bare_port}/go", params={"seconds": WARMUP_S + seconds + 0.5})
-        time.sleep(WARMUP_S + seconds + 1.5)
-        out["bare"] = _results(cl, offered)
-        out["bare"]["server_cpu_s"] = _cpu_s(bare.pid) - cpu0
-        out["bare"]["server_user_cpu_s"] = _cpu_s(bare.pid, kernel=False) - user0
+        out["bare_rounds"] = [_bare_round(cl, bare_port, bare.pid, rate, seconds) for _ in range(rounds)]
+        _quit(cl)
     finally:
         bare.kill()  # its handlers hold sockets open: a graceful stop would wait for them
         bare.wait(15)
+    out["push"], out["bare"] = median_of(out["push_rounds"]), median_of(out["bare_rounds"])
+    out["push_over_bare"] = out["push"]["msgs_per_s"] / max(1.0, out["bare"]["msgs_per_s"])
+    out["load_after"] = os.getloadavg()
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(out, indent=2))
     _print(out)
     return 0
 
 
+def _push_round(
+    s: Settings, cl: list[subprocess.Popen[str]], port: int, pid: int, clients: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    sent0, cpu0, user0 = _sent(port), _cpu_s(pid), _cpu_s(pid, kernel=False)
+    _tell(cl, "go")
+    produced = asyncio.run(_produce(s, clients, rate, WARMUP_S + seconds + 0.5))
+    sent1 = _settled(port)  # a worker behind is still writing: both counts once it is done
+    r = _results(cl, rate * FANOUT)
+    r["server_sent_since_go"] = sent1 - sent0
+    r["server_cpu_s"] = _cpu_s(pid) - cpu0
+    r["server_user_cpu_s"] = _cpu_s(pid, kernel=False) - user0
+    r["conditions_per_s"] = produced["conditions_per_s"]
+    return r
+
+
+def _bare_round(cl: list[subprocess.Popen[str]], port: int, pid: int, rate: float, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    cpu0, user0 = _cpu_s(pid), _cpu_s(pid, kernel=False)
+    _tell(cl, "go")
+    httpx.post(f"http://127.0.0.1:{port}/go", params={"seconds": WARMUP_S + seconds + 0.5})
+    time.sleep(WARMUP_S + seconds + 1.5)
+    r = _results(cl, rate * FANOUT)
+    r["server_cpu_s"] = _cpu_s(pid) - cpu0
+    r["server_user_cpu_s"] = _cpu_s(pid, kernel=False) - user0
+    return r
+
+
 def _print(out: dict[str, Any]) -> None:
-    p, b, r, pr = out["push"], out["bare"], out["route"], out["producer"]
-    print(f"{'':28s}{'push worker':>14s}{'bare broadcast':>16s}")
+    p, b, r = out["push"], out["bare"], out["route"]
+    n = out["rounds"]
+    print(f"medians of {n} rounds       {'push worker':>14s}{'bare broadcast':>16s}")
     print(f"{'messages/s delivered':28s}{p['msgs_per_s']:14,.0f}{b['msgs_per_s']:16,.0f}   (offered "
-          f"{p['offered_msgs_per_s']:,.0f}: {pr['conditions_per_s']:,.0f} conditions/s x {FANOUT})")  # fmt: skip
+          f"{p['offered_msgs_per_s']:,.0f}: {p['conditions_per_s']:,.0f} conditions/s x {FANOUT}); "
+          f"push/bare {out['push_over_bare']:.2f}")  # fmt: skip
+    print(f"{'  per round':28s}{_each(out['push_rounds'], 'msgs_per_s', 1e-3, 'k'):>14s}"
+          f"{_each(out['bare_rounds'], 'msgs_per_s', 1e-3, 'k'):>16s}")  # fmt: skip
     print(f"{'published->received p50 ms':28s}{p['latency_p50_ms']:14.1f}{b['latency_p50_ms']:16.1f}")
     print(f"{'published->received p99 ms':28s}{p['latency_p99_ms']:14.1f}{b['latency_p99_ms']:16.1f}")
+    print(f"{'  p99 per round':28s}{_each(out['push_rounds'], 'latency_p99_ms'):>14s}"
+          f"{_each(out['bare_rounds'], 'latency_p99_ms'):>16s}")  # fmt: skip
     print(f"{'server CPU s per 100k msgs':28s}{_per100k(p):14.2f}{_per100k(b):16.2f}")
     print(f"{'  of which user (Python)':28s}{_per100k(p, 'server_user_cpu_s'):14.2f}"
           f"{_per100k(b, 'server_user_cpu_s'):16.2f}")  # fmt: skip
-    print(f"{'client CPU s (window)':28s}{p['client_cpu_s']:14.1f}{b['client_cpu_s']:16.1f}")
-    print(f"{'clients closed':28s}{p['clients_closed']:14d}{b['clients_closed']:16d}")
+    print(f"{'client CPU s per 100k msgs':28s}{_per100k(p, 'client_cpu_s', 'received'):14.2f}"
+          f"{_per100k(b, 'client_cpu_s', 'received'):16.2f}")  # fmt: skip
+    print(f"{'clients closed':28s}{p['clients_closed']:14.0f}{b['clients_closed']:16.0f}")
     sent, got = p["server_sent_since_go"], p["received_since_go"]
-    print(f"push worker wrote {sent:,.0f} messages after 'go', its clients got {got:,}")
+    print(f"push worker wrote {sent:,.0f} messages after 'go' (median round), its clients got {got:,.0f}")
     print(f"memory per driver: {out['bytes_per_driver'] / 1024:.1f} KiB (push RSS {out['push_rss_mb']:.0f} MB)")
-    print(f"route on {r['net']} ({r['nodes']} nodes, {r['edges']} edges): in-process p50 {r['inproc_p50_ms']:.2f} ms "
-          f"p95 {r['inproc_p95_ms']:.2f} ms; HTTP p50 {r['http_p50_ms']:.2f} ms p95 {r['http_p95_ms']:.2f} ms")
+    print(f"load average before/after: {out['load_before'][0]:.1f} / {out['load_after'][0]:.1f} on {out['cpus']} CPUs")
+    print(
+        f"route on {r['net']} ({r['nodes']} nodes, {r['edges']} edges): in-process p50 {r['inproc_p50_ms']:.2f} ms "
+        f"p95 {r['inproc_p95_ms']:.2f} ms; HTTP p50 {r['http_p50_ms']:.2f} ms p95 {r['http_p95_ms']:.2f} ms"
+    )
     print(f"written to {OUT}")
 
 
-def _per100k(r: dict[str, Any], key: str = "server_cpu_s") -> float:
-    """Server CPU seconds per 100,000 messages received (over the producer's whole run)."""
-    return float(r[key]) / max(1, int(r["received_since_go"])) * 100_000
+def _each(rounds: list[dict[str, Any]], key: str, scale: float = 1.0, unit: str = "") -> str:
+    return "/".join(f"{r[key] * scale:.0f}{unit}" for r in rounds)
+
+
+def _per100k(r: dict[str, Any], key: str = "server_cpu_s", per: str = "received_since_go") -> float:
+    """CPU seconds per 100,000 messages received (``per``: over the producer's whole run, or the window)."""
+    return float(r[key]) / max(1, int(r[per])) * 100_000
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.routing_net:
             svc.router = await asyncio.to_thread(load_router, settings.routing_net, settings.cell_resolution)
-        tasks = [asyncio.create_task(t) for t in (svc.consume(), svc.reroute_loop(), stream.watchdog())]
+        loops = (svc.consume(), svc.reroute_loop(), stream.watchdog(), stream.keep_heap())
+        tasks = [asyncio.create_task(t) for t in loops]
         try:
             yield
         finally:

@@ -53,8 +53,11 @@ class RawSocket:
 
     def ready(self) -> bool:
         """Open and under the high-water mark: a write now goes out without growing a backlog."""
-        p = self.proto
-        return bool(p.writable.is_set()) and not (p.close_sent or p.disconnected or self.transport.is_closing())
+        p, t = self.proto, self.transport
+        # An empty buffer (the common case, checked in C) is under any mark; else ask uvicorn's flow control.
+        return (t.get_write_buffer_size() == 0 or bool(p.writable.is_set())) and not (
+            p.close_sent or p.disconnected or t.is_closing()
+        )
 
     def writable(self) -> bool:
         """The transport's buffer is under its high-water mark (uvicorn's flow control)."""

@@ -33,6 +33,10 @@ from pipeline.tokens import TokenVerifier, parse_keys
 FEED_CACHE_S = 1.0
 FEED_CACHE_MAX = 64
 REROUTE_TICK_S = 0.5
+# Records applied between delivery passes: 500 conditions x ~100 watching drivers is ~50 ms of
+# fan-out, so news waits at most that long behind a backlog, and a pass still joins a busy
+# driver's several news into one write.
+MAX_RECORDS = 500
 
 
 def load_router(spec: str, res: int) -> Router:
@@ -89,7 +93,7 @@ class PushService:
             if not pending:
                 self.caught_up.set()
             while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+                batch = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
                 live = self.caught_up.is_set()
                 for tp, msgs in batch.items():
                     for m in msgs:
@@ -98,6 +102,10 @@ class PushService:
                         pending.discard(tp)
                 if not live and not pending:
                     self.caught_up.set()
+                if live and batch:
+                    # getmany returns at once while the fetcher holds records: without a yield the
+                    # delivery pass (and every socket) would wait behind all of them
+                    await asyncio.sleep(0)
         finally:
             await consumer.stop()
 

@@ -1,13 +1,16 @@
 """WebSocket ``/v1/stream``: token, subscribe messages in, prepared updates out.
 
 Updates normally go out in the dispatcher's pass (pipeline/push/dispatch.py), written as
-pre-encoded frames to the socket. Each driver's sender task here is the slow path: it
-waits for a socket over its high-water mark, paces a rate-limited outbox, closes an
-overflowed one, and serves drivers without a raw socket through ASGI sends. A driver
-whose socket does not take a batch within the stuck limit is disconnected by the
-watchdog, and one whose outbox overflows is closed with 1013; either way its sender
-stops and nothing more is queued for it. Oversized frames never reach this code:
-uvicorn's ``ws_max_size`` closes them with 1009.
+pre-encoded frames to the socket. A driver's sender task here is the slow path, started only
+when needed and gone when done: it waits for a socket over its high-water mark, paces a
+rate-limited outbox, closes an overflowed one. A driver on a raw socket is served by one task
+— uvicorn's, reading its messages — and no other while nothing is slow (each task is a
+coroutine chain, a context and futures: kilobytes and dozens of GC-tracked objects per
+driver). Drivers without a raw socket (another server, a test client) keep a sender task for
+their ASGI sends. A driver whose socket does not take a batch within the stuck limit is
+disconnected by the watchdog, and one whose outbox overflows is closed with 1013; either way
+nothing more is queued for it. Oversized frames never reach this code: uvicorn's
+``ws_max_size`` closes them with 1009.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from pipeline.push import mappage
 from pipeline.push.dispatch import Dispatcher, joined
 from pipeline.push.frames import RawSocket, raw_socket
+from pipeline.push.heap import HeapKeeper
 from pipeline.push.hub import Client
 from pipeline.push.service import PushService
 from pipeline.push.watch import cone_watch, corridor_watch
@@ -84,7 +88,14 @@ class StreamEndpoint:
         self.rate = rate
         self.sending_since: dict[Client, float] = {}
         self.senders: dict[Client, asyncio.Task[None]] = {}
-        self.dispatch = Dispatcher(svc.delivered, svc.delivery, svc.s.push_tick_ms / 1000.0)
+        self.conns: dict[Client, tuple[WebSocket, RawSocket]] = {}
+        self.dispatch = Dispatcher(svc.delivered, svc.delivery, svc.s.push_tick_ms / 1000.0, wake=self.wake)
+        self.heap = HeapKeeper()  # pipeline/push/heap.py: full GC collections off the drivers' objects
+
+    async def keep_heap(self) -> None:
+        """Freeze the heap once the worker is ready (state rebuilt), then as drivers arrive."""
+        await self.svc.caught_up.wait()
+        await self.heap.run()
 
     async def serve(self, ws: WebSocket) -> None:
         token = ws.headers.get("authorization") or (
@@ -98,20 +109,36 @@ class StreamEndpoint:
             return
         client = Client(device_id=ident.device_id, rate=self.rate)
         sock = raw_socket(ws)
-        if sock is not None:
-            self.dispatch.attach(client, sock)
         self.svc.hub.add(client)
-        sender = self.senders[client] = asyncio.create_task(self._sender(ws, client, sock))
-        receiver = asyncio.create_task(self._receiver(ws, client))
+        self.heap.arrive()
         try:
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if sock is not None:
+                self.conns[client] = (ws, sock)
+                self.dispatch.attach(client, sock)
+                await self._receiver(ws, client)
+            else:
+                sender = self.senders[client] = asyncio.create_task(self._sender(ws, client, None))
+                receiver = asyncio.create_task(self._receiver(ws, client))
+                try:
+                    await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    receiver.cancel()
         finally:
-            for t in (sender, receiver):
-                t.cancel()
+            task = self.senders.pop(client, None)
+            if task is not None:
+                task.cancel()
             self.dispatch.detach(client)
             self.svc.hub.remove(client)
-            self.senders.pop(client, None)
+            self.conns.pop(client, None)
             self.sending_since.pop(client, None)
+            self.heap.depart()
+
+    def wake(self, client: Client) -> None:
+        """The dispatcher's slow path for a raw-socket driver: its sender task, started if not running."""
+        client.wake.set()
+        if client not in self.senders and client in self.conns:
+            ws, sock = self.conns[client]
+            self.senders[client] = asyncio.create_task(self._sender(ws, client, sock))
 
     async def _receiver(self, ws: WebSocket, client: Client) -> None:
         hub, res = self.svc.hub, self.svc.s.cell_resolution
@@ -162,12 +189,14 @@ class StreamEndpoint:
         await ws.send_text(orjson.dumps({"type": "subscribed", "cells": n}).decode())
 
     async def _sender(self, ws: WebSocket, client: Client, sock: RawSocket | None) -> None:
+        """Until the outbox is empty and the socket takes writes again (raw socket), or for good (ASGI)."""
         try:
             while True:
                 await client.wake.wait()
                 if client.overflowed:
                     self.svc.dropped.inc(reason="slow")
                     await asyncio.wait_for(ws.close(code=1013, reason="too slow"), self.stuck_s)
+                    self._end(sock)
                     return
                 if sock is not None:
                     if not sock.writable():
@@ -175,14 +204,26 @@ class StreamEndpoint:
                         await sock.wait_writable()  # news coalesce in the outbox meanwhile
                         del self.sending_since[client]
                     if not sock.open():
+                        self._end(sock)
                         return
                     self._write(sock, client)
                 else:
                     await self._send(ws, client)
                 if client.outbox:  # rate-limited: the rest coalesces meanwhile
                     await asyncio.sleep(client.wait_s())
+                elif sock is not None:
+                    return  # back to the dispatcher's pass
         except (WebSocketDisconnect, RuntimeError, OSError, TimeoutError):
-            return
+            self._end(sock)
+        finally:
+            if sock is not None and self.senders.get(client) is asyncio.current_task():
+                del self.senders[client]
+
+    @staticmethod
+    def _end(sock: RawSocket | None) -> None:
+        """A raw-socket driver's connection is over: its reader (uvicorn's task) sees the disconnect."""
+        if sock is not None:
+            sock.transport.close()
 
     def _write(self, sock: RawSocket, client: Client) -> None:
         batch = client.take(time.monotonic())
@@ -210,7 +251,10 @@ class StreamEndpoint:
             for client, since in list(self.sending_since.items()):
                 if since < limit:
                     self.sending_since.pop(client, None)
-                    task = self.senders.get(client)
+                    task = self.senders.pop(client, None)
                     if task is not None:
                         self.svc.dropped.inc(reason="stuck")
                         task.cancel()
+                    conn = self.conns.get(client)
+                    if conn is not None:
+                        conn[1].transport.abort()  # nothing gets through: no close handshake
