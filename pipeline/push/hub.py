@@ -197,8 +197,9 @@ class Hub:
     def on_condition(self, cell: str, cond: dict[str, Any] | None, live: bool = True) -> int:
         """A condition (or tombstone) arrived; returns how many clients it was queued for."""
         if cond is None:
-            self.conditions.pop(cell, None)
-            return 0
+            if self.conditions.pop(cell, None) is None or not live:
+                return 0
+            return self._offer_removal(cell)
         version = int(cond["version"])
         cur = self.conditions.get(cell)
         if cur is not None and cur.version >= version:
@@ -235,6 +236,17 @@ class Hub:
                     else:
                         client.notify(client)
                 n += 1
+        return n
+
+    def _offer_removal(self, cell: str) -> int:
+        """A tombstone: the cell has no condition any more; news to those who were told one."""
+        msg, n = prepared({"type": "condition", "cell": cell, "condition": None}), 0
+        for clients in self.subs.get(cell, {}).values():
+            for client in clients:
+                if client.told.get(cell, 0):
+                    client.told[cell] = 0
+                    client.enqueue(cell, msg)
+                    n += 1
         return n
 
     def _digest(self, st: CellState, sec: int) -> int:

@@ -153,6 +153,11 @@ async def test_map_draws_cells_and_incidents_and_follows_changes_live(
         await page.wait_for_selector(f'circle[data-incident="{crash["id"]}"]', state="detached", timeout=10_000)
         assert await page.get_attribute("#status", "data-ws") == "live"
 
+        # a tombstoned cell (its condition expired) disappears from the map live
+        await (await producer.send(TOPIC_CONDITIONS, key=cells[3].encode(), value=None))
+        await page.wait_for_selector(f'polygon[data-cell="{cells[3]}"]', state="detached", timeout=10_000)
+        assert await page.get_attribute(f'polygon[data-cell="{cells[0]}"]', "data-level") == "4"  # others stay
+
         await send_all(producer, TOPIC_ALERTS, [(cells[2].encode(), orjson.dumps(alert(cells[2], "opened", 1, later)))])
         await page.wait_for_selector(f'circle[data-incident="i-map-{cells[2]}"]', state="attached", timeout=10_000)
         ARTIFACTS.mkdir(exist_ok=True)

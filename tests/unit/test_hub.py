@@ -214,3 +214,14 @@ def test_corridor_watches_each_cell_in_the_routes_direction() -> None:
 def test_speed_band_is_about_15_percent() -> None:
     assert hub.speed_band(10.0) == hub.speed_band(10.5)
     assert hub.speed_band(10.0) != hub.speed_band(8.0)
+
+
+def test_tombstone_reaches_only_those_told_of_the_cell() -> None:
+    h = Hub()
+    told, never = _client(h, {A: NORTH}, "told"), _client(h, {A: SOUTH}, "never")
+    h.on_condition(A, _cond(A, 1))
+    told.drain()
+    assert never.drain() == []  # nothing for its direction
+    assert h.on_condition(A, None) == 1
+    assert _decoded(told) == [{"type": "condition", "cell": A, "condition": None}] and never.drain() == []
+    assert A not in h.conditions and h.on_condition(A, None) == 0  # a second tombstone is no news

@@ -58,6 +58,11 @@
       (c.incidents && c.incidents.length ? " incidents " + c.incidents.join(", ") : "");
   }
 
+  function onRemoved(cell) {  // the cell's condition was tombstoned (expired): no longer drawn
+    var poly = cells.get(cell);
+    if (poly) { poly.remove(); cells.delete(cell); }
+  }
+
   function onAlert(a) {
     var dot = incidents.get(a.id);
     if (a.state === "cleared") {
@@ -88,7 +93,8 @@
     };
     ws.onmessage = function (ev) {
       var msg = JSON.parse(ev.data);
-      if (msg.type === "condition") onCondition(msg.condition);
+      if (msg.type === "condition" && msg.condition === null) onRemoved(msg.cell);
+      else if (msg.type === "condition") onCondition(msg.condition);
       else if (msg.type === "alert") onAlert(msg.alert);
       else if (msg.type === "error") statusEl.dataset.error = msg.message;
       status("live");
