@@ -16,12 +16,14 @@ Confidence, evaluated at ``now``::
 
 so one report gives 0.5, two devices 0.75, a report plus a probe detection
 (``probes``: probe-based detections nearby, passed in) 0.75. An incident opens
-once confidence ≥ :data:`OPEN_AT` of its type: 0.45 for crash, hazard,
-stalled_vehicle and road_work, so a single fresh report opens at once (drivers
-upstream need a crash now; a road_work opens with modest confidence); 0.7 for
-closure, which turns a road black on every map: it needs two devices, or one
-report and a probe detection. Spam is held off by the rate limit and
-``not_there`` votes.
+once confidence ≥ :data:`OPEN_AT` of its type: 0.45 for hazard, stalled_vehicle
+and road_work, so a single fresh report opens at once (a road_work opens with
+modest confidence); 0.7 for crash and closure: a second device, or one report
+and a probe detection (a hard brake into a standstill near it opens the probe
+side at once, :mod:`pipeline.detect.crash`). A crash alert makes drivers brake
+and routes bend; one prankster must not (the city scenario's spam device, four
+crash reports in four minutes, opened one before). A closure turns a road black
+on every map. Spam is further held off by the rate limit and ``not_there`` votes.
 
 Rate limit per device (per book): more than :data:`RATE_MAX` (5) reports in
 :data:`RATE_WINDOW_S` (10 min, server time: the phone picks ``ts``) → further
@@ -55,7 +57,7 @@ LIFETIME_S: dict[str, float | None] = {
     "road_work": 86_400.0,
     "closure": None,
 }
-OPEN_AT = {"crash": 0.45, "hazard": 0.45, "stalled_vehicle": 0.45, "road_work": 0.45, "closure": 0.7}
+OPEN_AT = {"crash": 0.7, "hazard": 0.45, "stalled_vehicle": 0.45, "road_work": 0.45, "closure": 0.7}
 PENDING_TTL_S = 3600.0  # an unopened closure is forgotten after this without more evidence
 TOMBSTONE_S = 3600.0  # an ended incident is remembered this long so replays do not revive it
 MERGE_M = 150.0

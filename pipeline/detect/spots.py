@@ -24,6 +24,10 @@ Offsets are measured in a local flat frame around the stop (exact enough within 
 Lanes are 3–3.5 m apart and fixes are off by 5–15 m, so "aside" cannot tell lanes apart;
 it only keeps the next street out.
 
+Passers are counted in the order pings reach the worker: a stop must be known before the
+pings of the cars that go round it. A stalled phone whose whole stop arrives later as one
+backlog (after a coverage gap) is matched with nothing seen before; it waits for new passers.
+
 This is in-memory and per worker, rebuilt from the live pings: a restart delays a detection
 by the time the passers take to pass again, nothing more. A passer whose pings are keyed to
 another res-7 cell (another partition) is not seen; a stop within 100 m before a res-7

@@ -207,12 +207,13 @@ def test_conditions_and_alerts_read_with_confluent_kafka_match_the_asyncapi_docu
         ]
         _post(env, "/v1/pings", pings, f"fc-{env.run}-car{d}")
     crash_at = geo.destination(*spot, 0.0, 40.0)
-    _post(
-        env,
-        "/v1/reports",
-        {"type": "crash", "lat": crash_at[0], "lon": crash_at[1], "heading_deg": 90.0, "ts": time.time()},
-        f"fc-{env.run}-reporter",
-    )
+    for reporter in ("reporter", "witness"):  # a crash takes two drivers' word
+        _post(
+            env,
+            "/v1/reports",
+            {"type": "crash", "lat": crash_at[0], "lon": crash_at[1], "heading_deg": 90.0, "ts": time.time()},
+            f"fc-{env.run}-{reporter}",
+        )
 
     consumer = _consumer(env.settings.bootstrap, [CONDITIONS, ALERTS])
     checked = {CONDITIONS: 0, ALERTS: 0}
@@ -249,7 +250,7 @@ def test_conditions_and_alerts_read_with_confluent_kafka_match_the_asyncapi_docu
     assert alert is not None, f"no crash alert near {crash_at} within {WAIT_S}s ({checked} records checked)"
     (sector,) = condition["sectors"]
     assert sector["devices"] == 3 and sector["heading_deg"] == 90.0
-    assert alert["state"] == "opened" and alert["evidence"]["reports"] == 1
+    assert alert["state"] == "opened" and alert["evidence"]["reports"] == 2
     assert alert["cell"] == h3.latlng_to_cell(crash_at[0], crash_at[1], 9)
     text = json.dumps([condition, alert])
     assert "device_id" not in text and f"fc-{env.run}" not in text
