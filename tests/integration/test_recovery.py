@@ -87,10 +87,13 @@ class Feeder:
         self.sent = 0  # records acknowledged so far
         self.offsets: list[tuple[int, int]] = []  # (partition, offset) per record sent
         self.release = asyncio.Event()
+        self.proceed = asyncio.Event()  # optional first hold: until the worker has committed some
 
-    async def run(self, pause: float, hold_at: int) -> None:
+    async def run(self, pause: float, hold_at: int, wait_commit_at: int = -1) -> None:
         size = -(-len(self.records) // self.chunks)
         for i in range(self.chunks):
+            if i == wait_commit_at:
+                await asyncio.wait_for(self.proceed.wait(), timeout=120)
             if i == hold_at:
                 await asyncio.wait_for(self.release.wait(), timeout=120)
             chunk = self.records[i * size : (i + 1) * size]
@@ -224,7 +227,9 @@ async def test_survivor_takes_over_a_killed_workers_partitions_with_their_state(
     await producer.start()
     try:
         feeder = Feeder(producer, feed.records, chunks=30)
-        feeding = asyncio.create_task(feeder.run(pause=0.2, hold_at=20))
+        # the feed pauses at chunk 12 until the victim has committed, then goes on while the kill comes:
+        # otherwise one write-back (every 5 s) can commit all that was sent before the kill (nothing to replay)
+        feeding = asyncio.create_task(feeder.run(pause=0.2, hold_at=24, wait_commit_at=12))
 
         async def victim_committed() -> bool:
             if feeding.done():
@@ -233,6 +238,7 @@ async def test_survivor_takes_over_a_killed_workers_partitions_with_their_state(
             return any(mine[p] > 0 for p in victim_parts)
 
         await wait_for(victim_committed, 90, "the victim to commit some of its partitions", interval=0.05)
+        feeder.proceed.set()
         await asyncio.sleep(1.4)  # between two commits: the survivor replays what the victim did not commit
         victim.kill()
         sent_at_kill = feeder.sent
