@@ -6,8 +6,9 @@ scenario runs on the proxy and on the bare app (same uvicorn settings) in altern
 several rounds; the medians and their ratio are reported, next to the CPU time each
 server (and the broker) spent per request, read from /proc — on a shared 2-core machine
 that is the steadier measure of cost. A last run paces wrk at half the measured peak to
-read the p99 latency there; wrk's ``delay()`` comes on top of each response's latency,
-so the pacing is corrected once by the latency the first paced run saw.
+read the p99 latency there, with exponentially distributed think times per connection
+(Poisson-like arrivals); wrk's ``delay()`` comes on top of each response's latency, so
+the mean delay is calibrated by short runs first.
 """
 
 from __future__ import annotations
@@ -118,6 +119,23 @@ def _lua(tokens_: list[str], bodies: list[bytes], delay_ms: float) -> str:
     )
 
 
+def _think_time(mean_ms: float) -> str:
+    """wrk's ``delay()`` (whole milliseconds) drawn from an exponential distribution of mean ``mean_ms``."""
+    return (
+        f"local mean_ms = {mean_ms:.3f}\n"
+        "function delay() return math.floor(-mean_ms * math.log(1 - math.random()) + math.random()) end\n"
+    )
+
+
+def _wrk_version() -> str:
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+    return out.split(" [", 1)[0].strip() or "wrk"
+
+
+def _spread(values: list[float]) -> str:
+    return f"[{min(values):.1f}–{max(values):.1f}]" if values else "[]"
+
+
 def _ms(text: str) -> float:
     m = re.match(r"([\d.]+)(us|ms|s)", text)
     if not m:
@@ -185,6 +203,7 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
                 "--http", "httptools", "--log-level", "warning", "--no-access-log"], env, work / "bare.log"),
     ]
     results: dict[str, dict[str, list[WrkResult]]] = {}
+    load_before = os.getloadavg()[0]  # other work on the machine: the figures are only comparable within a run
     pids = {"traverz": procs[0].pid, "bare": procs[1].pid}
     broker = _broker_pid(lay)
     try:
@@ -209,13 +228,19 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
                 "cost_ratio": round(med["bare"] / med["traverz"], 2),
                 "traverz_cpu_us_per_req": cpu["traverz"], "bare_cpu_us_per_req": cpu["bare"],
                 "cpu_ratio": round(cpu["traverz"] / cpu["bare"], 2),
+                "cpu_ratio_per_round": [round(t.server_cpu_us_per_req / b.server_cpu_us_per_req, 2)
+                                        for t, b in zip(per["traverz"], per["bare"], strict=True)],
+                "traverz_rps_range": _spread([r.rps for r in per["traverz"]]),
+                "bare_rps_range": _spread([r.rps for r in per["bare"]]),
                 "broker_cpu_us_per_req": statistics.median(r.broker_cpu_us_per_req for r in per["traverz"]),
                 "traverz_non2xx": sum(r.non2xx for r in per["traverz"]),
                 "traverz_p99_ms_at_peak": statistics.median(r.p99_ms for r in per["traverz"]),
             }
-        # p99 at half the peak rate: pace each connection with wrk's delay(), which comes on top of
-        # the response time: short runs calibrate the delay (delay = period - response time seen),
-        # then one run of full length is measured
+        # p99 at half the peak rate: each connection waits a random, exponentially distributed think
+        # time (wrk's delay(), on top of the response time) between requests, so arrivals are close
+        # to Poisson like independent phones' — a fixed delay makes every connection answered by one
+        # flush fire again at the same instant. Short runs calibrate the mean delay; then one full
+        # run per round is measured and the median p99 reported.
         for name in ("batch50", "single"):
             target_rps = float(summary[name]["traverz_rps"]) / 2  # type: ignore[arg-type]
             conns = 32
@@ -224,7 +249,7 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
             paced = work / f"{name}-paced.lua"
             url = f"http://127.0.0.1:{ingest_port}/v1/pings"
             for attempt in range(4):
-                paced.write_text(scripts[name].read_text() + f"function delay() return {delay_ms:.3f} end\n")
+                paced.write_text(scripts[name].read_text() + _think_time(delay_ms))
                 if attempt == 3:
                     break
                 cal = run_wrk(url, paced, 3, conns)
@@ -232,26 +257,35 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
                     break
                 response_ms = 1000.0 * conns / cal.rps - delay_ms
                 delay_ms = max(0.0, (delay_ms + period_ms - response_ms) / 2)  # damped: the response time moves too
-            r = run_wrk(url, paced, seconds, conns)
+            paced_runs = [measured(functools.partial(run_wrk, url, paced, seconds, conns), pids["traverz"], broker)
+                          for _ in range(rounds)]
+            results[name]["traverz_half_peak"] = paced_runs
             summary[name]["half_peak_target_rps"] = round(target_rps)
-            summary[name]["half_peak_rps"] = round(r.rps)
-            summary[name]["half_peak_p99_ms"] = r.p99_ms
-            summary[name]["half_peak_p50_ms"] = r.p50_ms
-            summary[name]["half_peak_non2xx"] = r.non2xx
-        report = {"load_generator": "wrk (one thread, HTTP/1.1 keep-alive, loopback)",
-                  "seconds": seconds, "rounds": rounds, "connections": connections, "devices": devices,
+            summary[name]["half_peak_rps"] = round(statistics.median(r.rps for r in paced_runs))
+            summary[name]["half_peak_p99_ms"] = statistics.median(r.p99_ms for r in paced_runs)
+            summary[name]["half_peak_p99_ms_range"] = _spread([r.p99_ms for r in paced_runs])
+            summary[name]["half_peak_p50_ms"] = statistics.median(r.p50_ms for r in paced_runs)
+            summary[name]["half_peak_non2xx"] = sum(r.non2xx for r in paced_runs)
+        generator = f"{_wrk_version()} (one thread, HTTP/1.1 keep-alive, loopback, its own process)"
+        report = {"load_generator": generator, "seconds": seconds, "rounds": rounds, "connections": connections,
+                  "devices": devices, "load_average_before_after": [load_before, os.getloadavg()[0]],
                   "summary": summary, "runs": {n: {t: [asdict(r) for r in rs] for t, rs in p.items()}
                                                for n, p in results.items()}}
         out = Path("artifacts")
         out.mkdir(exist_ok=True)
         (out / "bench-ingest.json").write_text(json.dumps(report, indent=2))
-        print(f"load generator: wrk, {connections} connections, {seconds:.0f} s per run, {rounds} round(s); medians")
+        print(f"load generator: {generator}; {connections} connections, {seconds:.0f} s per run, {rounds} round(s) "
+              f"alternating proxy and bare; medians (ranges in brackets); load average {load_before:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after")
         print(json.dumps(summary, indent=2))
         for name, row in summary.items():
             print(
-                f"{name}: traverz {row['traverz_rps']} req/s ({row['traverz_pings_per_s']} pings/s) vs bare "
-                f"{row['bare_rps']} req/s: ratio {row['cost_ratio']}x by throughput, {row['cpu_ratio']}x by server "
-                f"CPU/request; p99 {row['half_peak_p99_ms']} ms at {row['half_peak_rps']} req/s (half peak)"
+                f"{name}: traverz {row['traverz_rps']} req/s {row['traverz_rps_range']} "
+                f"({row['traverz_pings_per_s']} pings/s) vs bare {row['bare_rps']} req/s {row['bare_rps_range']} in "
+                f"the same run: ratio {row['cost_ratio']}x by throughput, {row['cpu_ratio']}x by server CPU/request "
+                f"({row['traverz_cpu_us_per_req']} vs {row['bare_cpu_us_per_req']} us; per round "
+                f"{row['cpu_ratio_per_round']}); p99 {row['half_peak_p99_ms']} ms {row['half_peak_p99_ms_range']} at "
+                f"{row['half_peak_rps']} req/s (half peak, Poisson-like think times)"
             )
         print(f"full report: {out / 'bench-ingest.json'}; logs in {work}")
         return 0

@@ -65,7 +65,11 @@ Send = Callable[[Message], Awaitable[None]]
 class Sink(Protocol):
     """Where accepted records go: Kafka in production, a list in unit tests."""
 
-    async def send_all(self, topic: str, records: list[tuple[bytes, bytes]], timeout: float) -> None: ...
+    async def send_all(
+        self, topic: str, records: list[tuple[bytes, bytes]], timeout: float, partitions: list[int] | None = None
+    ) -> None:
+        """Produce ``records``; ``partitions`` (one per record) when the caller placed them already."""
+        ...
 
     async def healthy(self) -> bool: ...
 
@@ -157,7 +161,7 @@ class IngestService:
         )
         self.batch_sizes = m.histogram("traverz_ingest_batch_pings", "pings per request", SIZE_BUCKETS)
         self.coalescer = Coalescer(
-            lambda records, timeout: sink.send_all(self.topics.pings, records, timeout),
+            lambda records, timeout, parts: sink.send_all(self.topics.pings, records, timeout, parts),
             lambda: sink.partitions(self.topics.pings),
             key_res=settings.key_resolution,
             cell_res=settings.cell_resolution,
@@ -214,18 +218,19 @@ class IngestService:
         headers = _first_headers(scope["headers"])
         extra: dict[str, str] = {}
         doc: dict[str, Any]
+        now = self.clock()  # one reading per request: auth, rate limit and the pings' time bounds
         try:
-            ident = self.verifier.verify(bearer(headers.get(b"authorization")), self.clock())
+            ident = self.verifier.verify(bearer(headers.get(b"authorization")), now)
         except TokenError as exc:
             status, doc = 401, {"error": "unauthorized", "detail": str(exc)}
         else:
-            wait = self.limits.take(ident.device_id, self.clock())
+            wait = self.limits.take(ident.device_id, now)
             if wait > 0:
                 status, doc = 429, {"error": "rate_limited", "detail": "slow down"}
                 extra["retry-after"] = retry_after(wait)
             else:
                 try:
-                    status, doc = await self._accept_pings(headers, receive, ident)
+                    status, doc = await self._accept_pings(headers, receive, ident, now)
                 except BodyError as exc:
                     status, doc = exc.status, {"error": exc.reason, "detail": exc.detail}
                 except (TimeoutError, KafkaUnavailable) as exc:
@@ -260,7 +265,7 @@ class IngestService:
         return hit
 
     async def _accept_pings(
-        self, headers: dict[bytes, str], receive: Receive, ident: DeviceIdentity
+        self, headers: dict[bytes, str], receive: Receive, ident: DeviceIdentity, now: float
     ) -> tuple[int, dict[str, Any]]:
         check_content_type(headers.get(b"content-type"))
         raw = await receive_limited(receive, headers.get(b"content-length"))
@@ -270,7 +275,7 @@ class IngestService:
             raise BodyError(400, "empty_batch", "send at least one ping")
         if len(items) > pings.MAX_BATCH:
             raise BodyError(413, "batch_too_large", f"at most {pings.MAX_BATCH} pings per request")
-        good, refused, foreign = sort_pings(items, ident.device_id, self.clock())
+        good, refused, foreign = sort_pings(items, ident.device_id, now)
         if foreign is not None:
             return 403, {"error": "forbidden", "detail": "a ping names another device", "index": foreign}
         bad = [{"index": i, "reason": reason} for i, reason in refused]
@@ -463,11 +468,16 @@ class KafkaSink:
         self._connect_soon()
         raise KafkaUnavailable("no Kafka producer (connecting)")
 
-    async def send_all(self, topic: str, records: list[tuple[bytes, bytes]], timeout: float) -> None:
+    async def send_all(
+        self, topic: str, records: list[tuple[bytes, bytes]], timeout: float, partitions: list[int] | None = None
+    ) -> None:
         producer = self._usable()
 
         async def send() -> None:
-            futs = [await producer.send(topic, value, key=key) for key, value in records]
+            if partitions is None:
+                futs = [await producer.send(topic, value, key=key) for key, value in records]
+            else:
+                futs = await _send_batches(producer, topic, records, partitions)
             await asyncio.gather(*futs)
 
         try:
@@ -493,6 +503,31 @@ class KafkaSink:
             return True
         except Exception:
             return False
+
+
+async def _send_batches(
+    producer: Any, topic: str, records: list[tuple[bytes, bytes]], partitions: list[int]
+) -> list[asyncio.Future[Any]]:
+    """One aiokafka batch per partition (``create_batch``/``send_batch``), as ``topologies/state.py`` does.
+
+    ``producer.send`` per record costs a partitioner call (murmur2 in pure Python), a future and
+    an accumulator pass per record; the coalescer already knows each record's partition. The
+    batches still go through the idempotent producer's accumulator, which numbers them.
+    """
+    by_part: dict[int, list[tuple[bytes, bytes]]] = {}
+    for record, part in zip(records, partitions, strict=True):
+        by_part.setdefault(part, []).append(record)
+    futs: list[asyncio.Future[Any]] = []
+    for part, rows in by_part.items():
+        batch = producer.create_batch()
+        for key, value in rows:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futs.append(await producer.send_batch(batch, topic, partition=part))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record of {len(value)} bytes exceeds the producer's batch size")
+        futs.append(await producer.send_batch(batch, topic, partition=part))
+    return futs
 
 
 def _settle_heap() -> None:

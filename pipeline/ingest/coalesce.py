@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import h3.api.basic_int as h3int
 from aiokafka.partitioner import murmur2
@@ -29,7 +30,8 @@ from h3 import _cy as h3cy
 
 from pipeline import pings
 
-Send = Callable[[list[tuple[bytes, bytes]], float], Awaitable[None]]
+# (records, timeout, each record's partition or None when the partition count is not known)
+Send = Callable[[list[tuple[bytes, bytes]], float, list[int] | None], Awaitable[None]]
 
 _PARTITION_CACHE_MAX = 200_000  # res-7 keys ever seen by one proxy: a country has ~10^5
 
@@ -111,8 +113,23 @@ def group_by_partition(
             for k, chunk in by_key.items()
             for i in range(0, len(chunk), max_pings)
         ]
+    return [(key, chunk) for key, _, chunk in _partition_records(batch, partitions, key_res, cell_res, max_pings)]
+
+
+def _partition_records(
+    batch: list[pings.Ping], partitions: int, key_res: int, cell_res: int, max_pings: int
+) -> list[tuple[str, int, list[pings.Ping]]]:
+    """``(record key, partition, pings)`` for a known partition count: ``group_by_partition``'s work.
+
+    Per ping only the H3 call, one cache lookup and one append (measured: the per-ping key list
+    and the per-partition dict cost as much as the H3 call). A record's key is the key of its
+    first ping, computed again for the few records past a partition's first.
+    """
+    to_cell = _latlng_to_cell
+    keep, put = _parent_bits(key_res)
     # one pass in arrival order, so a device's pings of one partition stay in the order it sent them
-    by_part: dict[int, tuple[list[str], list[pings.Ping]]] = {}
+    slots: list[list[pings.Ping] | None] = [None] * partitions
+    heads: list[str] = [""] * partitions
     cache = _keys if partitions == _keys_for else {}
     for p in batch:
         index = to_cell(p["lat"], p["lon"], cell_res) & keep | put
@@ -120,18 +137,23 @@ def group_by_partition(
         if hit is None:
             hit = _key_and_partition(index, partitions)
             cache = _keys
-        k, part = hit
-        slot = by_part.get(part)
+        part = hit[1]
+        slot = slots[part]
         if slot is None:
-            by_part[part] = ([k], [p])
+            slots[part] = [p]
+            heads[part] = hit[0]
         else:
-            slot[0].append(k)
-            slot[1].append(p)
-    return [
-        (keys[i], chunk[i : i + max_pings])  # keyed by its first ping: one of its own keys
-        for keys, chunk in by_part.values()
-        for i in range(0, len(chunk), max_pings)
-    ]
+            slot.append(p)
+    out: list[tuple[str, int, list[pings.Ping]]] = []
+    for part, slot in enumerate(slots):
+        if slot is None:
+            continue
+        out.append((heads[part], part, slot[:max_pings] if len(slot) > max_pings else slot))
+        for i in range(max_pings, len(slot), max_pings):  # keyed by its first ping: one of its own keys
+            first = slot[i]
+            key = format(to_cell(first["lat"], first["lon"], cell_res) & keep | put, "x")
+            out.append((key, part, slot[i : i + max_pings]))
+    return out
 
 
 class Coalescer:
@@ -210,7 +232,15 @@ class Coalescer:
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if self._flushing is task:
+        self._release(task)
+
+    def _release(self, task: asyncio.Task[Any] | None) -> None:
+        """``task``'s flush is over: the next one, if due, starts now.
+
+        Called by the flush itself before it wakes its requests: the next flush's records are
+        then built and handed to the producer before ~30 waiting requests write their answers.
+        """
+        if task is not None and self._flushing is task:
             self._flushing = None
             if self._due:
                 self._flush()
@@ -220,22 +250,31 @@ class Coalescer:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:  # spent waiting behind a flush that took its whole timeout
                 raise KafkaUnavailable("Kafka did not acknowledge in time")
-            groups = group_by_partition(batch, self.partitions(), self.key_res, self.cell_res, self.max_pings)
+            n = self.partitions()
             now = self.clock()
-            records = [(key.encode(), pings.encode_record(key, chunk, now)) for key, chunk in groups]
+            parts: list[int] | None = None
+            if n:
+                placed = _partition_records(batch, n, self.key_res, self.cell_res, self.max_pings)
+                records = [(key.encode(), pings.encode_record(key, chunk, now)) for key, _, chunk in placed]
+                parts = [part for _, part, _ in placed]
+            else:
+                groups = group_by_partition(batch, None, self.key_res, self.cell_res, self.max_pings)
+                records = [(key.encode(), pings.encode_record(key, chunk, now)) for key, chunk in groups]
             self.flushes += 1
             self.records += len(records)
             self.pings += len(batch)
-            await self.send(records, left)
+            await self.send(records, left, parts)
         except asyncio.CancelledError:
             # shutting down mid-flush: the requests hear "unavailable", never a cancellation of their own
             if not done.done():
                 done.set_exception(KafkaUnavailable("shutting down"))
             raise
         except Exception as exc:  # every waiting request must hear of it
+            self._release(asyncio.current_task())
             if not done.done():
                 done.set_exception(exc)
             return
+        self._release(asyncio.current_task())
         if not done.done():
             done.set_result(None)
 

@@ -112,10 +112,12 @@ Sent = list[list[tuple[bytes, bytes]]]
 def recorder(sent: Sent, fail: int = 0, delay: float = 0.0) -> Send:
     calls = 0
 
-    async def send(records: list[tuple[bytes, bytes]], timeout: float) -> None:
+    async def send(records: list[tuple[bytes, bytes]], timeout: float, parts: list[int] | None) -> None:
         nonlocal calls
         calls += 1
         assert timeout > 0
+        if parts is not None:  # the partition the sink is told is the default partitioner's choice for the key
+            assert parts == [kafka_partition(k.decode(), PARTITIONS) for k, _ in records]
         sent.append(records)
         await asyncio.sleep(delay)
         if calls <= fail:
@@ -176,6 +178,18 @@ async def test_one_flush_in_flight_the_next_goes_when_it_is_acked_with_all_that_
     assert len(orjson.loads(sent[1][0][1])["pings"]) == 6
 
 
+async def test_the_next_flush_is_handed_over_before_the_acked_flushs_requests_wake() -> None:
+    sent: Sent = []
+    c = Coalescer(recorder(sent, delay=0.03), linger_s=0.001)
+    first = c.submit([ping("a", 1)])
+    await asyncio.sleep(0.01)  # the first flush is in flight
+    later = c.submit([ping("b", 1)])
+    await asyncio.sleep(0.01)  # its linger is over: due behind the first
+    await first
+    assert len(sent) == 2  # the next flush went out before this request even heard its ack
+    await later
+
+
 async def test_waiting_behind_a_slow_flush_counts_against_the_timeout() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent, delay=0.3), linger_s=0.001, timeout_s=0.2)
@@ -202,7 +216,7 @@ async def test_drain_flushes_what_waits_and_waits_for_acks() -> None:
 async def test_a_cancelled_flush_tells_its_requests_kafka_is_unavailable() -> None:
     started = asyncio.Event()
 
-    async def send(records: list[tuple[bytes, bytes]], timeout: float) -> None:
+    async def send(records: list[tuple[bytes, bytes]], timeout: float, parts: list[int] | None) -> None:
         started.set()
         await asyncio.sleep(10)
 
