@@ -6,6 +6,7 @@ variables (BROKER_URL, WEB_PORT, ...) and lets them override code.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import re
 import shlex
@@ -117,8 +118,12 @@ def _interpolate_default(value: str) -> str | None:
 
 
 def _faust_env_names() -> set[str]:
-    """env_name="..." of faust's settings, read from its source without importing it."""
-    spec = importlib.util.find_spec("faust")
+    """env_name="..." of faust's settings, read from its source without importing it.
+
+    The path finder, not ``importlib.util.find_spec``: once another test module imported faust,
+    ``sys.modules["faust"]`` is faust's lazy module object, whose ``__spec__`` is None.
+    """
+    spec = importlib.machinery.PathFinder.find_spec("faust")
     if spec is None or not spec.submodule_search_locations:
         return set()
     source = (
