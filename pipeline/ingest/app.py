@@ -44,6 +44,7 @@ from pipeline.ingest.body import (
 )
 from pipeline.ingest.coalesce import Coalescer, KafkaUnavailable
 from pipeline.ingest.generation import GenerationFollower, Topics, fetch_metadata
+from pipeline.ingest.lanes import ProducerLanes
 from pipeline.ingest.openapi import OPENAPI
 from pipeline.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, Registry
 from pipeline.ratelimit import TokenBuckets
@@ -56,6 +57,9 @@ MAX_TEXT = 280
 # How long a flush waits for more requests (and, under load, until the previous flush is
 # acknowledged): a few ms cost little next to the ack, and make the records per flush few.
 LINGER_S = 0.002
+# Producers (connections) whose flushes may await their acks at once: aiokafka has one produce
+# request per broker in flight per producer, so with one a flush also waits for the one before.
+PRODUCER_LANES = 2
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -140,7 +144,12 @@ class IngestService:
     """Handlers around the pure validation; one per process."""
 
     def __init__(
-        self, settings: Settings, sink: Sink, clock: Callable[[], float] = time.time, topics: Topics | None = None
+        self,
+        settings: Settings,
+        sink: Sink,
+        clock: Callable[[], float] = time.time,
+        topics: Topics | None = None,
+        in_flight: int = 1,
     ) -> None:
         self.s = settings
         self.topics = topics or Topics.of(settings)  # switched live to a new generation (GenerationFollower)
@@ -167,6 +176,7 @@ class IngestService:
             cell_res=settings.cell_resolution,
             linger_s=LINGER_S,
             timeout_s=settings.ingest_produce_timeout,
+            max_in_flight=in_flight,  # one flush awaiting its ack per producer lane
             clock=clock,
         )
         self._status_series: dict[int, tuple[tuple[str, str], ...]] = {}
@@ -596,9 +606,12 @@ def build_app(settings: Settings, sink: Sink | None = None) -> FrontDoor:
 
         # the proxy starts (and stays up, answering 503) while Kafka is away; the coalescer
         # already lingers, so the producer need not linger as well
-        kafka = KafkaSink(lambda: durable_producer(settings, linger_ms=0), topics=(settings.pings_topic,))
+        kafka = ProducerLanes([
+            KafkaSink(lambda: durable_producer(settings, linger_ms=0), topics=(settings.pings_topic,))
+            for _ in range(PRODUCER_LANES)
+        ])
         await kafka.start(wait=3.0)
-        service = holder["svc"] = IngestService(settings, kafka)
+        service = holder["svc"] = IngestService(settings, kafka, in_flight=PRODUCER_LANES)
         follower = GenerationFollower(settings, service.topics, lambda topic: fetch_metadata(kafka.producer, topic))
         await follower.start()  # the newest generation before the first request (traverz topics rescale)
         _settle_heap()

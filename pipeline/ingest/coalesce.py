@@ -177,8 +177,10 @@ class Coalescer:
         timeout_s: float = 0.9,
         max_pings: int = pings.MAX_BATCH,
         clock: Callable[[], float] = time.time,
+        max_in_flight: int = 1,
     ) -> None:
         self.send = send
+        self.max_in_flight = max_in_flight  # flushes awaiting their ack at once (one per producer)
         self.partitions = partitions
         self.key_res, self.cell_res = key_res, cell_res
         self.linger_s = linger_s
@@ -189,8 +191,8 @@ class Coalescer:
         self._done: asyncio.Future[None] | None = None
         self._deadline = 0.0  # loop time by which the pending requests must have their answer
         self._handle: asyncio.TimerHandle | None = None
-        self._due = False  # the linger is over but the previous flush is still in flight
-        self._flushing: asyncio.Task[None] | None = None
+        self._due = False  # the linger is over but max_in_flight flushes are still in flight
+        self._flushing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.flushes = 0
         self.records = 0
@@ -212,12 +214,12 @@ class Coalescer:
 
     def _linger_over(self) -> None:
         self._handle = None
-        if self._flushing is None:
+        if len(self._flushing) < self.max_in_flight:
             self._flush()
         else:
-            # The producer sends one request per broker at a time anyway: a second flush now
-            # would only queue behind the first as more, smaller records. Instead this one
-            # goes the moment the first is acknowledged, with whatever arrived meanwhile.
+            # A producer sends one request per broker at a time (aiokafka): one more flush than
+            # there are producers would only queue behind the others as more, smaller records.
+            # Instead this one goes the moment one is acknowledged, with whatever arrived meanwhile.
             self._due = True
 
     def _flush(self) -> None:
@@ -226,7 +228,7 @@ class Coalescer:
         if done is None:
             return
         task = asyncio.get_running_loop().create_task(self._produce(batch, done, self._deadline))
-        self._flushing = task
+        self._flushing.add(task)
         self._tasks.add(task)  # keep a reference until done (the loop holds only weak ones)
         task.add_done_callback(self._flushed)
 
@@ -240,8 +242,8 @@ class Coalescer:
         Called by the flush itself before it wakes its requests: the next flush's records are
         then built and handed to the producer before ~30 waiting requests write their answers.
         """
-        if task is not None and self._flushing is task:
-            self._flushing = None
+        if task is not None and task in self._flushing:
+            self._flushing.discard(task)
             if self._due:
                 self._flush()
 
@@ -284,7 +286,7 @@ class Coalescer:
             self._handle.cancel()
             self._handle = None
         while self._tasks or self._done is not None:
-            if self._flushing is None:
+            if len(self._flushing) < self.max_in_flight:
                 self._flush()
             if self._tasks:
                 await asyncio.wait(set(self._tasks))

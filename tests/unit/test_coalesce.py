@@ -190,6 +190,21 @@ async def test_the_next_flush_is_handed_over_before_the_acked_flushs_requests_wa
     await later
 
 
+async def test_with_two_in_flight_a_flush_does_not_wait_for_the_one_before() -> None:
+    sent: Sent = []
+    c = Coalescer(recorder(sent, delay=0.05), linger_s=0.001, max_in_flight=2)
+    first = c.submit([ping("a", 1)])
+    await asyncio.sleep(0.01)  # the first flush is in flight
+    second = c.submit([ping("b", 1)])
+    await asyncio.sleep(0.01)
+    assert len(sent) == 2 and not first.done()  # went out beside the first
+    third = c.submit([ping("c", 1)])
+    await asyncio.sleep(0.01)
+    assert len(sent) == 2  # a third waits for a free slot
+    await asyncio.gather(first, second, third)
+    assert len(sent) == 3
+
+
 async def test_waiting_behind_a_slow_flush_counts_against_the_timeout() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent, delay=0.3), linger_s=0.001, timeout_s=0.2)
