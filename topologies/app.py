@@ -25,6 +25,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 
 from pipeline import pings
 from pipeline.engine import Engine, Output, RecordProblem, Tables
@@ -228,6 +229,7 @@ async def publish() -> None:
     now = time.time()
     if now - held.released_at >= FLUSH_S:
         await held.release(now)
+    await _refetch_skipped()
     await ship(engine.tick(now))
 
 
@@ -252,6 +254,23 @@ async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) ->
     assigned = new
 
 
+skipped: dict[TP, int] = {}  # owned, not yet announced: the first offset skipped, to fetch again
+
+
+async def _refetch_skipped() -> None:
+    """Seek back to records skipped before their partition was announced, once it is (their tables restored).
+
+    Nothing else fetches them again: the consumer counts them as read, and the
+    commit waits for them (``topologies/flow.py``), so without this the
+    partition would stall. What comes after them is fetched again too: the seq
+    dedupe counts each ping once.
+    """
+    for tp in [tp for tp in skipped if tp.partition in assigned]:
+        offset = skipped.pop(tp)
+        if tp in app.consumer.assignment():
+            await app.consumer.seek(tp, offset)
+
+
 def _stale(event: faust.types.EventT[bytes]) -> bool:
     """A record of a partition :func:`on_assigned` has not (or no longer) given this worker: skipped.
 
@@ -261,7 +280,12 @@ def _stale(event: faust.types.EventT[bytes]) -> bool:
     over what the restore brings (tried: a rescale then lost the migrated
     windows). Not acknowledged either way.
     """
-    return event.message.partition not in assigned
+    msg = event.message
+    if msg.partition in assigned:
+        return False
+    if msg.tp in app.consumer.assignment():  # fetched before the announcement: fetch it again later
+        skipped[msg.tp] = min(skipped.get(msg.tp, msg.offset), msg.offset)
+    return True
 
 
 @app.page("/healthz")
