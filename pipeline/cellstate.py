@@ -36,9 +36,15 @@ class PartitionTable(Protocol):
 
     def write(self, partition: int, rows: list[Row]) -> None: ...
 
+    def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]: ...
+
 
 class DictTable(dict[bytes, bytes]):
     """Every partition in one dict: for tests and tools (keys never repeat across partitions)."""
+
+    def __init__(self, rows: dict[bytes, bytes] | None = None, partition: int = 0) -> None:
+        super().__init__(rows or {})
+        self.partition_of: dict[bytes, int] = dict.fromkeys(self, partition)
 
     def read(self, partition: int, key: bytes) -> bytes | None:
         return self.get(key)
@@ -47,8 +53,13 @@ class DictTable(dict[bytes, bytes]):
         for key, value in rows:
             if value is None:
                 self.pop(key, None)
+                self.partition_of.pop(key, None)
             else:
                 self[key] = value
+                self.partition_of[key] = partition
+
+    def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        return iter([(k, v) for k, v in self.items() if self.partition_of.get(k) == partition])
 
 
 def _always(_: object) -> bool:
@@ -152,6 +163,22 @@ class PartitionedState(Generic[T]):
             self.table.write(partition, rows)
             self.writes += len(rows)
         return len(keys)
+
+    def adopt(self, partition: int) -> Iterator[tuple[str, T]]:
+        """Load ``partition``'s stored rows not in memory yet (lazily: a generator), yielding each.
+
+        A key only the table holds is otherwise read when a record touches it again,
+        so after a restart or a takeover its timers (expiry, lifetimes) would never run.
+        """
+        values, decode = self.values, self.decode
+        for raw_key, raw in self.table.scan(partition):
+            key = raw_key.decode()
+            if key in values:
+                continue  # a record loaded it (and maybe changed it) already
+            v = values[key] = decode(raw)
+            self.partition_of[key] = partition
+            self.stored.add(key)
+            yield key, v
 
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(list(self.values.items()))

@@ -35,7 +35,8 @@ the detector that opened them was lost (a crashed worker's moving-device state).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -61,6 +62,12 @@ REEVALUATE_S = 1.0  # a published cell's changes are seen within this (+ a tick)
 # samples cannot move a quantile by more than that share of ranks, so they rarely make a
 # material change (15 % of speed); the rescan still evaluates every cell within RESCAN_S.
 REEVALUATE_SHARE = 0.1
+# A cell that has seen fewer than k devices, is not published and has no open incident cannot
+# publish anything: the rescan only expires its old buckets (memory, baseline learning), and
+# that can wait this long. Most cells of a big area are such cells (one car now and then), so
+# this keeps a tick's cost proportional to the busy cells, not to the table (1M keys: issue 4).
+SPARSE_RESCAN_S = 60.0
+ADOPT_BUDGET_S = 0.05  # per tick, reading a (re)assigned partition's stored windows (see adopt)
 REPORT_NEAR_M = incidents.MERGE_M
 _by_ts = itemgetter("ts")
 
@@ -140,6 +147,11 @@ class Engine:
         self.evaluated_n: dict[str, tuple[int, int]] = {}  # cell → (window.added, samples) when evaluated
         self.urgent: set[str] = set()
         self.rescanned_at = 0.0
+        self.sparse_at = 0.0
+        # stored windows of (re)assigned partitions still to read, and cells that may have a
+        # condition on the compacted topic from before (published is in memory only)
+        self.adopting: list[tuple[int, Iterator[tuple[str, CellSpeedWindow]]]] = []
+        self.maybe_published: set[str] = set()
         self.spots = Spots()  # stopped devices and who passes them: in memory, rebuilt from live pings
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
         self.pings = 0
@@ -236,6 +248,34 @@ class Engine:
             for state in (self.cells, self.baselines, self.devices, self.areas, self.books, self.active)
         )
 
+    def adopt(self, partition: int) -> None:
+        """``partition`` was (re)assigned with its restored tables: take over what they hold.
+
+        What only the tables hold is otherwise read when a record touches it
+        again, so after a restart or a takeover an incident would never lapse
+        nor a quiet cell be tombstoned. Incidents, crash areas, report books
+        and stopped devices are few: loaded now. Speed windows can be millions:
+        read a slice per tick (:data:`ADOPT_BUDGET_S`) while records flow.
+        """
+        for state in (self.devices, self.areas, self.books):
+            for _ in state.adopt(partition):
+                pass
+        self.urgent.update(cell for cell, _ in self.active.adopt(partition))
+        self.adopting.append((partition, self.cells.adopt(partition)))
+
+    def _adopt_windows(self, now: float) -> None:
+        deadline = time.perf_counter() + ADOPT_BUDGET_S
+        while self.adopting:
+            _, rows = self.adopting[0]
+            for n, (cell, window) in enumerate(rows):
+                if len(window.seen) >= self.min_devices:
+                    self.maybe_published.add(cell)  # evaluated at this tick: republished or tombstoned
+                    self.pending.add(cell)
+                self._expire(cell, window, now)  # an emptied window is deleted at the next write-back
+                if n % 64 == 63 and time.perf_counter() > deadline:
+                    return
+            self.adopting.pop(0)
+
     # -- helpers --------------------------------------------------------------
     def traffic(self, cell: str, sector: int, now: float) -> float | None:
         """Median speed of a cell and sector over the window; None below k devices."""
@@ -320,6 +360,8 @@ class Engine:
     def tick(self, now: float) -> Output:
         """Timer: detector sweeps every :data:`SWEEP_S`, then conditions of the cells that are due."""
         out = Output()
+        if self.adopting:
+            self._adopt_windows(now)
         if now - self.swept_at >= SWEEP_S:
             self.swept_at = now
             self._sweep(now, out)
@@ -328,7 +370,8 @@ class Engine:
         rescan = now - self.rescanned_at >= RESCAN_S
         if rescan:
             self.rescanned_at = now
-            due |= set(self.cells.values) | set(self.published) | set(self.active.values)
+            due |= self.published.keys() | self.active.values.keys()
+            due |= self._rescan_cells(now)
         else:
             # a published cell is re-evaluated at most every REEVALUATE_S: a busy city touches
             # thousands of cells a second; a cell not yet published (news) goes at once
@@ -354,16 +397,48 @@ class Engine:
             self._condition(cell, now, out, expire=rescan)
         return out
 
+    def _rescan_cells(self, now: float) -> set[str]:
+        """The cells a rescan evaluates: those with k devices seen; sparse ones only expire."""
+        k, dense = self.min_devices, set()
+        sparse = now - self.sparse_at >= SPARSE_RESCAN_S
+        if sparse:
+            self.sparse_at = now
+        for cell, window in list(self.cells.values.items()):
+            if len(window.seen) >= k:
+                dense.add(cell)
+            elif sparse:
+                self._expire(cell, window, now)
+        if sparse:  # a baseline waits in its table while its cell is quiet (clean ones only)
+            for cell in [c for c in self.baselines.values if c not in self.cells.values]:
+                self.baselines.evict(cell)
+        return dense
+
+    def _expire(self, cell: str, window: CellSpeedWindow, now: float) -> None:
+        known = len(window.seen)
+        closed = window.expire(now)
+        if closed or len(window.seen) != known:
+            self.cells.mark(cell)  # only what changed: a rescan must not rewrite every cell's changelog
+        if closed:
+            self._learn(cell, closed)
+
     def _condition(self, cell: str, now: float, out: Output, *, expire: bool = True) -> None:
         window = self.cells.values.get(cell)
-        if window is not None and expire:  # O(devices seen): on rescans only
-            known = len(window.seen)
-            closed = window.expire(now)
-            if closed or len(window.seen) != known:
-                self.cells.mark(cell)  # only what changed: a rescan must not rewrite every cell's changelog
-            if closed:
-                self._learn(cell, closed)
         open_ = self.active.values.get(cell) or {}
+        if (
+            not open_
+            and cell not in self.published
+            and cell not in self.maybe_published
+            and (window is None or len(window.seen) < self.min_devices)
+        ):
+            # fewer than k devices (a sector's count never exceeds the cell's dedupe entries) and
+            # nothing open: nothing to publish; the rescan expires it (SPARSE_RESCAN_S)
+            self.evaluated_at.pop(cell, None)
+            self.evaluated_n.pop(cell, None)
+            if window is None:
+                self.baselines.evict(cell)
+            return
+        if window is not None and expire:  # O(devices seen): on rescans only
+            self._expire(cell, window, now)
         lapsed = [i for i, a in open_.items() if a["expires_at"] is not None and a["expires_at"] <= now]
         for i in lapsed:
             del open_[i]
@@ -389,10 +464,13 @@ class Engine:
             closed=shut,
             sector_readings=rs,
         )
+        maybe = cell in self.maybe_published
+        if maybe:
+            self.maybe_published.discard(cell)
         if cond is None:
-            if prev is not None:
+            if prev is not None or maybe:
                 out.conditions.append((cell.encode(), None))  # a tombstone: gone from the compacted topic
-                del self.published[cell]
+                self.published.pop(cell, None)
             self.evaluated_at.pop(cell, None)
             self.evaluated_n.pop(cell, None)
             if window is None or window.is_empty():
@@ -458,9 +536,6 @@ class Engine:
             books.mark(key)
             if book.is_empty():
                 books.drop(key)
-        for key, cell in self.cells.items():
-            if cell.is_empty():
-                self.cells.drop(key)
         if len(self.parents) > 500_000:
             self.parents.clear()  # a cache: bounded, refilled as pings come
 
@@ -470,6 +545,8 @@ class Engine:
         for state in (self.cells, self.baselines, self.devices, self.areas, self.books, self.active):
             state.forget_partitions(kept)
         self.spots.clear()
+        self.adopting = [(p, rows) for p, rows in self.adopting if p in kept]
+        self.maybe_published &= self.cells.values.keys()
         self.published = {c: v for c, v in self.published.items() if c in self.cells.values}
 
 

@@ -251,6 +251,8 @@ async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) ->
     keep = new & assigned
     held.drop_revoked(keep)
     engine.forget_partitions(keep)
+    for partition in new - keep:  # restored tables: their incidents' and windows' timers run here now
+        engine.adopt(partition)
     assigned = new
 
 

@@ -451,3 +451,51 @@ def test_published_cells_are_reevaluated_at_most_every_second_new_ones_at_once()
     assert run.conditions[geo.cell(*other, 9)] is not None  # news goes at once
     latest = run.conditions[cell]
     assert latest is not None and latest["version"] > first["version"]  # 1 s after the first: re-evaluated
+
+
+def test_sparse_cells_cost_no_reading_and_still_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tick's cost follows the busy cells: a cell with fewer than k devices is never read."""
+    from pipeline.speed import CellSpeedWindow
+
+    run = Run()
+    spots = [geo.destination(LAT, LON, 0.0, 400.0 * i) for i in range(50)]  # 50 cells, one car each
+    run.feed([run.ping(f"lone{i}", lat, lon, 12.0) for i, (lat, lon) in enumerate(spots)])
+    traffic(run, 3, 10.0)  # and one busy cell
+    reads: list[str] = []
+    real = CellSpeedWindow.stats
+
+    def counting(self: CellSpeedWindow, now: float) -> Any:
+        reads.append("x")
+        return real(self, now)
+
+    monkeypatch.setattr(CellSpeedWindow, "stats", counting)
+    for _ in range(3):
+        run.tick(11.0)  # rescans
+    assert len(reads) == 3  # the busy cell only, once per rescan
+    assert run.conditions[geo.cell(LAT, LON, 9)] is not None
+    run.tick(400.0)  # the sparse pass expires the lone cars' windows...
+    run.feed([run.ping("late", 10.0, 10.0, 5.0)])  # ...and the next write-back drops them
+    lone = {geo.cell(lat, lon, 9) for lat, lon in spots}
+    assert not lone & set(run.engine.cells.values)
+    assert not lone & {k.decode() for k in run.tables.speed}
+
+
+def test_a_restarted_engine_runs_the_timers_of_what_its_tables_hold() -> None:
+    """After a restart (or a takeover) an incident still lapses and a quiet cell is tombstoned."""
+    before = Run()
+    before.report(_report(before, "h-1", "u1", "hazard"))
+    traffic(before, 3, 10.0)
+    before.tick(0.5)
+    cell = geo.cell(LAT, LON, 9)
+    assert before.opened("hazard") and before.conditions[cell] is not None
+
+    after = Run(before.tables)  # same tables, nothing in memory: a new process
+    after.now = before.now + 30.0
+    after.engine.adopt(0)  # without it, the hazard would stay open and the condition stay, forever
+    after.tick(0.5)
+    republished = after.conditions.get(cell)
+    for _ in range(30):
+        after.tick(150.0)  # quiet for over an hour: the hazard's lifetime is over
+    cleared = [a["reason"] for a in after.alerts if a["state"] == "cleared"]
+    assert republished is not None and republished["version"] > before.conditions[cell]["version"]  # type: ignore[index]
+    assert cleared == ["expired"] and after.conditions[cell] is None  # a tombstone
