@@ -67,6 +67,15 @@ class Network:
         e = self.net.getEdge(edge)
         return float(e.getLength() / max(1.0, e.getSpeed()))
 
+    def leads_to(self, a: str, b: str, hops: int = 2) -> bool:
+        """``b`` is ``a`` or lies within ``hops`` edges after it (the way goes on from here, not from behind)."""
+        front = {a}
+        for _ in range(hops):
+            if b in front:
+                return True
+            front = {o.getID() for e in front for o in self.net.getEdge(e).getOutgoing()}
+        return b in front
+
     def point(self, edge: str, lane: int, pos: float) -> tuple[float, float, float]:
         """(lat, lon, heading) at ``pos`` metres along a lane (< 0: its middle)."""
         ln = self.net.getEdge(edge).getLane(lane)

@@ -2,10 +2,12 @@
 
 A vehicle decides once, at its first offer, with a stable draw of ``accept_reroute_share``:
 the takers follow every offer, the others none, so the two groups differ only by the
-draw. Taking an offer: the ``polyline`` (``[lat, lon]`` pairs) is matched to SUMO edges
-(``convertRoad`` at the middle of each segment: a vertex sits on a junction, where every
-road meets), joined to the vehicle's current edge and destination by shortest paths,
-and set with ``setRoute``; a polyline that cannot be driven is counted, not applied.
+draw. Taking an offer: the ``polyline`` (``[lat, lon]`` pairs) is matched to SUMO edges the
+way they are driven (:mod:`pipeline.sim.follow`), joined to the vehicle's current edge and
+destination by shortest paths, and set with ``setRoute``. An offer whose way leaves from a
+junction the vehicle has already passed (it was a step or two late) is not applied: the
+driver missed the turn, and the next subscribe plans from where it is. A polyline that
+cannot be driven is counted, not applied.
 
 The closure group (the score's rerouting benefit): the first offer that names a closure
 (``reason`` an alert id, or ``blocked``) while the vehicle's route crosses a road that is
@@ -14,10 +16,10 @@ really closed then. From that offer on, its time to arrival is what the score co
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pipeline.sim.follow import Matcher
 from pipeline.sim.listen import Subscriber
 from pipeline.sim.phones import chosen
 from pipeline.sim.score import RerouteOutcome
@@ -37,8 +39,9 @@ class Taken:
 
 
 class Rerouter:
-    def __init__(self, sim: Sumo) -> None:
+    def __init__(self, sim: Sumo, matcher: Matcher | None = None) -> None:
         self.sim = sim
+        self.matcher = matcher or Matcher(sim.net.path)
         self.shapes: dict[str, list[tuple[float, float]]] = {}
         self.vehicles: dict[str, Taken] = {}
 
@@ -110,16 +113,11 @@ class Rerouter:
     def _follow(self, vid: str, v: Vehicle, line: list[tuple[float, float]]) -> bool:
         if v.edge.startswith(":"):
             return False  # on a junction: SUMO wants the route from the next edge; the next offer will do
-        matched: list[str] = []
-        for (a_lat, a_lon), (b_lat, b_lon) in itertools.pairwise(line):
-            try:
-                e = self.sim.road_at((a_lat + b_lat) / 2, (a_lon + b_lon) / 2)
-            except TraCIError:
-                continue
-            if e and not e.startswith(":") and (not matched or matched[-1] != e):
-                matched.append(e)
+        matched = self.matcher.edges(line)
         if v.edge in matched:
             matched = matched[matched.index(v.edge) + 1 :]
+        elif matched and not self.sim.net.leads_to(v.edge, matched[0]):
+            return False  # the way leaves from behind the vehicle: joining it would mean a loop back
         dest = self.sim.destination(vid)
         route = [v.edge]
         try:

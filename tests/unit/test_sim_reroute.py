@@ -15,6 +15,14 @@ class FakeNet:
     def free_s(self, edge: str) -> float:
         return 10.0
 
+    def leads_to(self, a: str, b: str) -> bool:
+        return True
+
+
+class FakeMatcher:
+    def edges(self, line: list[tuple[float, float]]) -> list[str]:
+        return ["alt"]
+
 
 @dataclass
 class FakeSim:
@@ -23,9 +31,6 @@ class FakeSim:
 
     def remaining_route(self, vid: str) -> list[str]:
         return self.routes[vid]
-
-    def road_at(self, lat: float, lon: float) -> str:
-        return "alt"
 
     def destination(self, vid: str) -> str:
         return self.routes[vid][-1]
@@ -44,7 +49,7 @@ def offer(reason: str) -> Offer:
 def test_only_an_offer_about_a_closure_on_the_vehicles_real_route_starts_the_closure_group() -> None:
     ids = ["a", "b", "c", "d"]
     sim = FakeSim({v: ["here", "closed", "dest"] for v in ids} | {"d": ["here", "other", "dest"]})
-    rr = Rerouter(sim)  # type: ignore[arg-type]
+    rr = Rerouter(sim, FakeMatcher())  # type: ignore[arg-type]
     subs = {v: Subscriber(v, "ws://x", "tok") for v in ids}
     cars = {v: Vehicle(v, 52.43, 13.53, 10.0, 0.0, "here", 0, 1.0) for v in ids}
     subs["a"].offers = [offer("i-closure")]
