@@ -29,7 +29,7 @@ def route_edges(router: Router, polyline: Iterable[tuple[float, float]]) -> tupl
     """
     nodes: list[int] = []
     for lat, lon in polyline:
-        node, d = router.nearest(lat, lon)
+        node, d = router.nearest(lat, lon, routable=False)  # a route entering from the rim starts at its edge
         if d <= JUNCTION_M and (not nodes or nodes[-1] != node):
             nodes.append(node)
     edges: list[int] = []

@@ -164,12 +164,17 @@ class Router:
 
     # -- queries --------------------------------------------------------------------------
 
-    def nearest(self, lat: float, lon: float) -> tuple[int, float]:
-        """The nearest routable junction and its distance in metres."""
+    def nearest(self, lat: float, lon: float, *, routable: bool = True) -> tuple[int, float]:
+        """The nearest routable junction and its distance in metres.
+
+        ``routable=False``: any junction, those on the network's rim too (an entry edge starts at
+        one no road leads back to): where a route a driver sent passes, not where to plan from.
+        """
+        lats, lons = (self._snap_lat, self._snap_lon) if routable else (self.net.node_lat, self.net.node_lon)
         kx = math.cos(math.radians(lat))
-        d2 = ((self._snap_lat - lat) ** 2 + ((self._snap_lon - lon) * kx) ** 2) * (111_195.0**2)
+        d2 = ((lats - lat) ** 2 + ((lons - lon) * kx) ** 2) * (111_195.0**2)
         j = int(np.argmin(d2))
-        return int(self._snap_nodes[j]), math.sqrt(float(d2[j]))
+        return (int(self._snap_nodes[j]) if routable else j), math.sqrt(float(d2[j]))
 
     def snap(self, lat: float, lon: float) -> int | None:
         """The nearest routable junction, or None when nothing is within MAX_SNAP_M."""

@@ -197,6 +197,28 @@ def test_a_driver_subscribing_onto_a_closed_route_is_offered_a_way_round_at_once
     assert on_subscribe(r, None, lat2, lon2, b, driven)[1] is None
 
 
+def test_a_driver_entering_from_the_rim_is_on_its_route_and_offered_a_way_from_its_next_junction() -> None:
+    """An entry edge starts at a rim junction no road leads back to (not routable): the route a
+    driver sends from there still starts with that edge. Before, the match dropped it, the driver
+    was not found on its route, and the offer started from the junction nearest to it: one it
+    could not turn into (the simulator's takers drove a loop or kept their route)."""
+    r = Router(_router().net)
+    ids = [e.sumo_id for e in r.net.edges]
+    entry = ids.index("46039050#0")  # Rudower Chaussee, from the west rim (scenarios/blocking.toml)
+    assert r.net.edges[entry].source not in set(r._snap_nodes.tolist())
+    a = r.net.edges[entry].target
+    goal = int(r._snap_nodes[int(np.argmax(r.net.node_lat[r._snap_nodes] + r.net.node_lon[r._snap_nodes]))])
+    own = (entry, *r.map_path(a, goal))
+    driven = route_edges(r, _sim_polyline(r, own))
+    assert driven[0] == entry and driven == own
+    lat, lon = r.net.edges[entry].shape[0]  # just entered
+    closed = _closed_with_a_way_round(r, own, a, goal)
+    plan, offer = on_subscribe(r, None, lat, lon, goal, driven)
+    assert plan is not None and offer is not None and offer.blocked
+    assert r.net.edges[offer.route.edges[0]].source == a  # from the end of the edge it is on
+    assert closed not in offer.route.edges
+
+
 def test_a_driver_with_a_destination_only_is_assumed_on_the_maps_route() -> None:
     r = Router(_router().net)
     a, b = _long_pair(r)
