@@ -67,6 +67,7 @@ REEVALUATE_SHARE = 0.1
 # that can wait this long. Most cells of a big area are such cells (one car now and then), so
 # this keeps a tick's cost proportional to the busy cells, not to the table (1M keys: issue 4).
 SPARSE_RESCAN_S = 60.0
+DEVICE_EXPIRE_S = 60.0  # silent devices' state dropped this often: a pass over every tracker
 ADOPT_BUDGET_S = 0.05  # per tick, reading a (re)assigned partition's stored windows (see adopt)
 REPORT_NEAR_M = incidents.MERGE_M
 _by_ts = itemgetter("ts")
@@ -152,6 +153,8 @@ class Engine:
         # condition on the compacted topic from before (published is in memory only)
         self.adopting: list[tuple[int, Iterator[tuple[str, CellSpeedWindow]]]] = []
         self.maybe_published: set[str] = set()
+        self.stalled: set[str] = set()  # device keys with an open stall: the sweep's per-tick work
+        self.devices_expired_at = 0.0
         self.spots = Spots()  # stopped devices and who passes them: in memory, rebuilt from live pings
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
         self.pings = 0
@@ -193,6 +196,8 @@ class Engine:
             st = trackers.get(dkey) or devices.get(dkey, partition)
             st, events, facts = step(st, p, now, spots.around(dev) if needs_around(st, p) else None)
             trackers[dkey] = st
+            if st.stall is not None:
+                self.stalled.add(dkey)
             m = st.motion
             if m.still_since is not None:
                 spots.place(dev, m.still_lat, m.still_lon, m.heading, m.still_since, now)
@@ -257,7 +262,8 @@ class Engine:
         and stopped devices are few: loaded now. Speed windows can be millions:
         read a slice per tick (:data:`ADOPT_BUDGET_S`) while records flow.
         """
-        for state in (self.devices, self.areas, self.books):
+        self.stalled.update(key for key, st in self.devices.adopt(partition) if st.stall is not None)
+        for state in (self.areas, self.books):
             for _ in state.adopt(partition):
                 pass
         self.urgent.update(cell for cell, _ in self.active.adopt(partition))
@@ -403,7 +409,7 @@ class Engine:
         sparse = now - self.sparse_at >= SPARSE_RESCAN_S
         if sparse:
             self.sparse_at = now
-        for cell, window in list(self.cells.values.items()):
+        for cell, window in self.cells.values.items():  # no copy: expiring only marks (1M cells: 50 ms)
             if len(window.seen) >= k:
                 dense.add(cell)
             elif sparse:
@@ -495,15 +501,22 @@ class Engine:
     def _sweep(self, now: float, out: Output) -> None:
         self.spots.expire(now, stall.QUIET_S)
         devices = self.devices
-        for key, st in devices.items():
-            part = devices.partition_of.get(key, 0)
-            key7 = key.split("|", 1)[0]
-            for ev in stall.tick(st, now):
-                self._emit(ev, key7, part, out)
-                self._corroborate(key7, ev, part, now, out)
-                devices.mark(key)
-            if stall.expire(st, now):
-                devices.drop(key)
+        for key in list(self.stalled):  # only open stalls have a timer (cleared when gone quiet)
+            st = devices.values.get(key)
+            if st is not None:
+                part = devices.partition_of.get(key, 0)
+                key7 = key.split("|", 1)[0]
+                for ev in stall.tick(st, now):
+                    self._emit(ev, key7, part, out)
+                    self._corroborate(key7, ev, part, now, out)
+                    devices.mark(key)
+            if st is None or st.stall is None:
+                self.stalled.discard(key)
+        if now - self.devices_expired_at >= DEVICE_EXPIRE_S:  # every tracker: not every sweep
+            self.devices_expired_at = now
+            for key, st in devices.items():
+                if stall.expire(st, now):
+                    devices.drop(key)
         areas = self.areas
         for key, area in areas.items():
             part = areas.partition_of.get(key, 0)
@@ -547,6 +560,7 @@ class Engine:
         self.spots.clear()
         self.adopting = [(p, rows) for p, rows in self.adopting if p in kept]
         self.maybe_published &= self.cells.values.keys()
+        self.stalled &= self.devices.values.keys()
         self.published = {c: v for c, v in self.published.items() if c in self.cells.values}
 
 

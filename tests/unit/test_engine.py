@@ -499,3 +499,27 @@ def test_a_restarted_engine_runs_the_timers_of_what_its_tables_hold() -> None:
     cleared = [a["reason"] for a in after.alerts if a["state"] == "cleared"]
     assert republished is not None and republished["version"] > before.conditions[cell]["version"]  # type: ignore[index]
     assert cleared == ["expired"] and after.conditions[cell] is None  # a tombstone
+
+
+def test_the_sweep_ticks_only_open_stalls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many moving devices: the 5-s sweep's timer work is per open stall, not per device."""
+    from pipeline.detect import stall
+
+    run = Run()
+    run.feed([run.ping("stuck", LAT - 0.0005, LON, 12.0)])
+    run.now += 5
+    _stall_scene(run, 12.0)
+    assert run.opened("stalled_vehicle")
+    assert len(run.engine.devices.values) > 40  # the passers are tracked too
+    ticked: list[str] = []
+    real = stall.tick
+
+    def counting(st: stall.StallState, now: float) -> Any:
+        ticked.append("x")
+        return real(st, now)
+
+    monkeypatch.setattr(stall, "tick", counting)
+    run.tick(6.0)
+    assert len(ticked) == 1
+    run.tick(stall.QUIET_S + 6.0)  # the stalled phone goes quiet: its stall still clears
+    assert [a["reason"] for a in run.alerts if a["state"] == "cleared"] == ["gone_quiet"]
