@@ -68,6 +68,7 @@ REEVALUATE_SHARE = 0.1
 # this keeps a tick's cost proportional to the busy cells, not to the table (1M keys: issue 4).
 SPARSE_RESCAN_S = 60.0
 DEVICE_EXPIRE_S = 60.0  # silent devices' state dropped this often: a pass over every tracker
+TICK_BUDGET_S = 0.1  # per tick for re-evaluating published cells: the rest waits (news does not)
 ADOPT_BUDGET_S = 0.05  # per tick, reading a (re)assigned partition's stored windows (see adopt)
 REPORT_NEAR_M = incidents.MERGE_M
 _by_ts = itemgetter("ts")
@@ -155,6 +156,7 @@ class Engine:
         self.maybe_published: set[str] = set()
         self.stalled: set[str] = set()  # device keys with an open stall: the sweep's per-tick work
         self.devices_expired_at = 0.0
+        self.known: dict[str, int] = {}  # unpublished cell → devices it had seen when last evaluated
         self.spots = Spots()  # stopped devices and who passes them: in memory, rebuilt from live pings
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
         self.pings = 0
@@ -378,30 +380,62 @@ class Engine:
             self.rescanned_at = now
             due |= self.published.keys() | self.active.values.keys()
             due |= self._rescan_cells(now)
-        else:
-            # a published cell is re-evaluated at most every REEVALUATE_S: a busy city touches
-            # thousands of cells a second; a cell not yet published (news) goes at once
-            published, evaluated, counts = self.published, self.evaluated_at, self.evaluated_n
-            windows = self.cells.values
-            later: set[str] = set()
-            settled: set[str] = set()
-            for c in due:
-                if c not in published:
-                    continue
-                if now - evaluated.get(c, 0.0) < REEVALUATE_S:
-                    later.add(c)
-                    continue
-                w, n = windows.get(c), counts.get(c)
-                if w is not None and n is not None and 0 <= w.added - n[0] < REEVALUATE_SHARE * n[1]:
-                    settled.add(c)  # too little new to matter: left to the rescan
-            due -= later | settled
-            self.pending = later
+        busy: list[str] = []
+        if not rescan:
+            due, busy = self._triage(due, now)
         due |= self.urgent
         self.urgent = set()
         for cell in due:
-            self.evaluated_at[cell] = now
-            self._condition(cell, now, out, expire=rescan)
+            self._evaluate(cell, now, out, rescan)
+        deadline = time.perf_counter() + TICK_BUDGET_S
+        for i, cell in enumerate(busy):
+            if i % 16 == 15 and time.perf_counter() > deadline:
+                self.pending.update(busy[i:])  # overloaded: the rest at the next tick
+                break
+            self._evaluate(cell, now, out, False)
         return out
+
+    def _triage(self, due: set[str], now: float) -> tuple[set[str], list[str]]:
+        """Touched cells → (news, evaluated at once; published cells due, within the tick's budget).
+
+        A busy city touches thousands of cells a second. A cell not yet published
+        is news when a device new to it came (it may now reach k in a sector);
+        the same devices again cannot publish it, so it waits for the rescan. A
+        published cell is re-evaluated at most every REEVALUATE_S, and only when
+        enough is new to matter; the rest stays pending.
+        """
+        published, evaluated, counts, known = self.published, self.evaluated_at, self.evaluated_n, self.known
+        windows = self.cells.values
+        news: set[str] = set()
+        later: set[str] = set()
+        busy: list[str] = []
+        for c in due:
+            w = windows.get(c)
+            if c not in published:
+                if w is None or known.get(c) != len(w.seen):
+                    news.add(c)
+                continue
+            if now - evaluated.get(c, 0.0) < REEVALUATE_S:
+                later.add(c)
+                continue
+            n = counts.get(c)
+            if w is not None and n is not None and 0 <= w.added - n[0] < REEVALUATE_SHARE * n[1]:
+                continue  # too little new to matter: left to the rescan
+            busy.append(c)
+        self.pending = later
+        return news, busy
+
+    def _evaluate(self, cell: str, now: float, out: Output, rescan: bool) -> None:
+        self.evaluated_at[cell] = now
+        self._condition(cell, now, out, expire=rescan)
+        if cell in self.published:
+            self.known.pop(cell, None)
+        else:
+            w = self.cells.values.get(cell)
+            if w is not None:
+                self.known[cell] = len(w.seen)  # the devices that did not make it publish
+            else:
+                self.known.pop(cell, None)
 
     def _rescan_cells(self, now: float) -> set[str]:
         """The cells a rescan evaluates: those with k devices seen; sparse ones only expire."""
@@ -415,6 +449,8 @@ class Engine:
             elif sparse:
                 self._expire(cell, window, now)
         if sparse:  # a baseline waits in its table while its cell is quiet (clean ones only)
+            for cell in [c for c in self.known if c not in self.cells.values]:
+                del self.known[cell]
             for cell in [c for c in self.baselines.values if c not in self.cells.values]:
                 self.baselines.evict(cell)
         return dense
@@ -561,6 +597,7 @@ class Engine:
         self.adopting = [(p, rows) for p, rows in self.adopting if p in kept]
         self.maybe_published &= self.cells.values.keys()
         self.stalled &= self.devices.values.keys()
+        self.known = {c: n for c, n in self.known.items() if c in self.cells.values}
         self.published = {c: v for c, v in self.published.items() if c in self.cells.values}
 
 

@@ -182,23 +182,34 @@ def decode_record(raw: bytes | None) -> tuple[str, float, list[Ping]]:
     ingest_ts = doc.get("ingest_ts")
     if isinstance(ingest_ts, bool) or not isinstance(ingest_ts, int | float):
         raise RecordError("ingest_ts: must be a number")
+    num = _NUMBER  # exact types: a bool is not a number here, and no isinstance call per field
     for p in pings:
+        if type(p) is not dict:
+            raise RecordError("ping: missing or mistyped field")
+        try:
+            dev, seq, ts = p["device_id"], p["seq"], p["ts"]
+            lat, lon, speed, heading = p["lat"], p["lon"], p["speed_mps"], p["heading_deg"]
+        except KeyError:
+            raise RecordError("ping: missing or mistyped field") from None
         if not (
-            isinstance(p, dict)
-            and isinstance(p.get("device_id"), str)
-            and isinstance(p.get("seq"), int)
-            and all(
-                isinstance(p.get(k), int | float) and not isinstance(p.get(k), bool)
-                for k in ("ts", "lat", "lon", "speed_mps", "heading_deg")
-            )
+            type(dev) is str
+            and type(seq) is int
+            and type(ts) in num
+            and type(lat) in num
+            and type(lon) in num
+            and type(speed) in num
+            and type(heading) in num
         ):
             raise RecordError("ping: missing or mistyped field")
         # ranges too: an out-of-range position would make H3 raise inside the agent
         if not (
-            -90.0 <= p["lat"] <= 90.0
-            and -180.0 <= p["lon"] <= 180.0
-            and 0.0 <= p["speed_mps"] <= MAX_SPEED_MPS
-            and 0.0 <= p["heading_deg"] <= 360.0
+            -90.0 <= lat <= 90.0
+            and -180.0 <= lon <= 180.0
+            and 0.0 <= speed <= MAX_SPEED_MPS
+            and 0.0 <= heading <= 360.0
         ):
             raise RecordError("ping: field out of range")
     return str(doc.get("cell", "")), float(ingest_ts), pings
+
+
+_NUMBER = frozenset((int, float))

@@ -38,7 +38,7 @@ from pipeline.settings import (
 )
 from pipeline.worker_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pipeline.worker_metrics import WorkerMetrics
-from topologies.flow import SourceTopic, TraverzApp
+from topologies.flow import QuietWorker, SourceTopic, TraverzApp
 from topologies.state import ChangelogTable, Outbox
 
 settings = get_settings()
@@ -67,6 +67,7 @@ app = TraverzApp(  # faust.App whose commits never pass an unacknowledged record
     processing_guarantee="at_least_once",
     # our own expiry removes old state (faust #385: window expiry misbehaves after recovery)
     table_cleanup_interval=3600.0,
+    Worker=QuietWorker,  # faust's spinner would leave the root logger at DEBUG (topologies/flow.py)
 )
 
 

@@ -134,3 +134,19 @@ class TraverzApp(faust.App):
             beacon=self.beacon,
             loop=self.loop,
         )
+
+
+class QuietWorker(faust.Worker):
+    """``faust.Worker`` without the terminal spinner, which sets the root logger to DEBUG for good.
+
+    faust starts a progress spinner whenever the level is WARN or above and, to
+    turn it on every log call, lowers the *root logger* to DEBUG (``faust.Worker.
+    _setup_spinner_handler``) — and never raises it back. Every ``logger.debug``
+    in faust and aiokafka (several per message during a changelog restore, per
+    fetch and produce afterwards) then builds a ``LogRecord``, walks the stack
+    for its caller, and is only dropped by the handler's level. The worker's
+    log goes to a file or a collector, where a spinner is noise anyway.
+    """
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None  # the root keeps the level from ``--loglevel``
