@@ -83,14 +83,22 @@ def _merge_into(merged: dict[int, SectorBucket], sec: int, b: SectorBucket) -> N
     m.devices |= b.devices
 
 
-def _quantile(hist: dict[int, int], n: int, q: float) -> float:
-    rank = q * (n - 1)
+def _quantiles(hist: dict[int, int], n: int, qs: tuple[float, ...]) -> list[float]:
+    """Quantiles ``qs`` (ascending) of a histogram in one sorted pass (a reading needs two)."""
+    out: list[float] = []
+    ranks = iter([q * (n - 1) for q in qs])
+    rank = next(ranks)
     seen = 0
     for b in sorted(hist):
         seen += hist[b]
-        if seen > rank:
-            return (b + 0.5) / BIN_PER_MPS
-    return (max(hist) + 0.5) / BIN_PER_MPS
+        while seen > rank:
+            out.append((b + 0.5) / BIN_PER_MPS)
+            nxt = next(ranks, None)
+            if nxt is None:
+                return out
+            rank = nxt
+    top = (max(hist) + 0.5) / BIN_PER_MPS
+    return out + [top] * (len(qs) - len(out))
 
 
 @dataclass
@@ -192,16 +200,11 @@ class CellSpeedWindow:
                 n, total, hist = a.n + b.n, a.total + b.total, dict(a.hist)
                 for k, v in b.hist.items():
                     hist[k] = hist.get(k, 0) + v
-                seen = a.devices
-                devices = len(seen) + sum(1 for d in b.devices if d not in seen)
+                devices = len(a.devices) + len(b.devices - a.devices)
             if n:
+                median, p85 = _quantiles(hist, n, (0.5, 0.85))
                 out[sec] = SectorStats(
-                    sector=sec,
-                    mean_mps=total / n,
-                    median_mps=_quantile(hist, n, 0.5),
-                    p85_mps=_quantile(hist, n, 0.85),
-                    samples=n,
-                    devices=devices,
+                    sector=sec, mean_mps=total / n, median_mps=median, p85_mps=p85, samples=n, devices=devices
                 )
         return out
 
