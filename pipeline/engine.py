@@ -68,7 +68,7 @@ REEVALUATE_SHARE = 0.1
 # this keeps a tick's cost proportional to the busy cells, not to the table (1M keys: issue 4).
 SPARSE_RESCAN_S = 60.0
 DEVICE_EXPIRE_S = 60.0  # silent devices' state dropped this often: a pass over every tracker
-TICK_BUDGET_S = 0.1  # per tick for re-evaluating published cells: the rest waits (news does not)
+TICK_BUDGET_S = 0.05  # per tick for re-evaluating published cells: the rest waits (news does not)
 ADOPT_BUDGET_S = 0.05  # per tick, reading a (re)assigned partition's stored windows (see adopt)
 REPORT_NEAR_M = incidents.MERGE_M
 _by_ts = itemgetter("ts")
@@ -389,10 +389,10 @@ class Engine:
             self._evaluate(cell, now, out, rescan)
         deadline = time.perf_counter() + TICK_BUDGET_S
         for i, cell in enumerate(busy):
-            if i % 16 == 15 and time.perf_counter() > deadline:
-                self.pending.update(busy[i:])  # overloaded: the rest at the next tick
-                break
             self._evaluate(cell, now, out, False)
+            if i % 16 == 15 and time.perf_counter() > deadline:
+                self.pending.update(busy[i + 1 :])  # overloaded: the rest at the next tick
+                break
         return out
 
     def _triage(self, due: set[str], now: float) -> tuple[set[str], list[str]]:

@@ -523,3 +523,30 @@ def test_the_sweep_ticks_only_open_stalls(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(ticked) == 1
     run.tick(stall.QUIET_S + 6.0)  # the stalled phone goes quiet: its stall still clears
     assert [a["reason"] for a in run.alerts if a["state"] == "cleared"] == ["gone_quiet"]
+
+
+def test_an_overloaded_tick_defers_busy_cells_but_never_news(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-evaluating published cells stops at the tick's budget; the rest go at the next ticks."""
+    from pipeline import engine as engine_mod
+
+    run = Run()
+    spots = [geo.destination(LAT, LON, 0.0, 400.0 * i) for i in range(60)]
+    spots = [s for s in spots if geo.cell(*s, 9) == geo.cell(*geo.destination(*s, EAST, 6.0), 9)][:40]
+    for i, spot in enumerate(spots):
+        traffic(run, 3, 10.0, *spot, prefix=f"c{i}-")
+    run.tick(0.5)
+    cells = [geo.cell(*spot, 9) for spot in spots]
+    assert all(run.conditions[c] is not None for c in cells)
+    monkeypatch.setattr(engine_mod, "TICK_BUDGET_S", -1.0)  # always over budget: 16 cells a tick
+    for i, spot in enumerate(spots):
+        traffic(run, 3, 2.0, *spot, prefix=f"slow{i}-")  # a material change everywhere...
+    fresh = geo.destination(LAT, LON, 180.0, 3000.0)
+    traffic(run, 3, 10.0, *fresh, prefix="news")  # ...and a new cell
+    before = {c: run.conditions[c] for c in cells}
+    run.tick(1.5)
+    assert run.conditions[geo.cell(*fresh, 9)] is not None  # news did not wait
+    changed = [c for c in cells if run.conditions[c] != before[c]]
+    assert len(changed) == 16
+    run.tick(0.5)
+    run.tick(0.5)
+    assert all(run.conditions[c] != before[c] for c in cells)  # the rest followed
