@@ -112,6 +112,7 @@ class Spots:
         self.by_cell: dict[str, dict[str, Spot]] = {}
         # where stops started lately, per res-9 cell: (since_ts, lat, lon, heading, device)
         self.history: dict[str, list[tuple[float, float, float, float, str]]] = {}
+        self._disks: dict[str, list[str]] = {}  # a cell → it and its neighbours (a cache)
 
     def place(self, device: str, lat: float, lon: float, heading: float, since_ts: float, now: float) -> None:
         """The device stands (since ``since_ts``) at its stop's centroid; passers are kept for the same stop."""
@@ -177,7 +178,13 @@ class Spots:
 
     def _usual(self, device: str, lat: float, lon: float, heading: float, since_ts: float) -> bool:
         before: set[str] = set()
-        for c in h3.grid_disk(geo.cell(lat, lon, CELL_RES), 1):
+        home = geo.cell(lat, lon, CELL_RES)
+        disk = self._disks.get(home)
+        if disk is None:  # a stop-and-go road starts stops in the same cells over and over
+            if len(self._disks) > 100_000:
+                self._disks.clear()
+            disk = self._disks[home] = h3.grid_disk(home, 1)
+        for c in disk:
             for h_since, h_lat, h_lon, h_heading, h_device in self.history.get(c, ()):
                 if (
                     h_device != device
