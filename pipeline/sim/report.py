@@ -127,7 +127,8 @@ def table(results: list[dict[str, Any]]) -> str:
             if g.get("offered"):
                 lines.append(
                     f"{'':<12} {label}: {g['offered']} offered, {g['accepted']} took, {g['declined']} declined"
-                    f" ({g.get('still_driving', 0)} still driving at the end); time/free-flow "
+                    f" ({g.get('still_driving', 0)} still driving at the end, {g.get('still_driving_accepted', 0)}"
+                    " of them takers); time/free-flow "
                     f"{_f(g['median_ratio_accepted'], '{:.2f}')} vs {_f(g['median_ratio_declined'], '{:.2f}')} "
                     f"→ {_f(g['faster'], '{:.0%}')} faster"
                 )

@@ -200,6 +200,7 @@ def _benefit(outcomes: list[RerouteOutcome]) -> dict[str, Any]:
         "accepted": len(took),
         "declined": len(kept),
         "still_driving": sum(1 for o in outcomes if not o.arrived),
+        "still_driving_accepted": sum(1 for o in outcomes if not o.arrived and o.accepted),  # which side's bound
         "median_ratio_accepted": None if mt is None else round(mt, 3),
         "median_ratio_declined": None if mk is None else round(mk, 3),
         "faster": None if mt is None or not mk else round(1.0 - mt / mk, 3),
