@@ -130,7 +130,8 @@ def table(results: list[dict[str, Any]]) -> str:
                     f" ({g.get('still_driving', 0)} still driving at the end, {g.get('still_driving_accepted', 0)}"
                     " of them takers); time/free-flow "
                     f"{_f(g['median_ratio_accepted'], '{:.2f}')} vs {_f(g['median_ratio_declined'], '{:.2f}')} "
-                    f"→ {_f(g['faster'], '{:.0%}')} faster"
+                    f"→ {_f(g['faster'], '{:.0%}')} faster ({_f(g.get('faster_arrived'), '{:.0%}')} among those"
+                    " who arrived)"
                 )
     if results:
         m = score.merged([r["score"] for r in results])

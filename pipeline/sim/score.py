@@ -23,7 +23,8 @@ Pure functions over plain data (the runner gathers it), so every rule here is un
   without the app drives: their route up to the barrier, then the map's way round it
   (:mod:`pipeline.sim.drivers`); nobody waits for the reopening or is teleported. The run
   steps SUMO on after the scenario's end until the group has arrived (at most a few
-  minutes: one still driving counts until then, a lower bound). Offers for any reason
+  minutes: one still driving counts until then, a lower bound; ``faster_arrived`` leaves
+  them out, so a gridlock on one side's way cannot set the figure alone). Offers for any reason
   (congestion included; from each vehicle's first offer) are shown apart as ``all_offers``.
 """
 
@@ -191,10 +192,16 @@ def _delivery(inp: Inputs, detections: dict[int, Opened]) -> dict[str, Any]:
     }
 
 
+def _faster(took: list[float], kept: list[float]) -> float | None:
+    mt, mk = quantile(took, 0.5), quantile(kept, 0.5)
+    return None if mt is None or not mk else round(1.0 - mt / mk, 3)
+
+
 def _benefit(outcomes: list[RerouteOutcome]) -> dict[str, Any]:
     took = [o.ratio for o in outcomes if o.accepted]
     kept = [o.ratio for o in outcomes if not o.accepted]
     mt, mk = quantile(took, 0.5), quantile(kept, 0.5)
+    arrived = [o for o in outcomes if o.arrived]
     return {
         "offered": len(outcomes),
         "accepted": len(took),
@@ -203,7 +210,11 @@ def _benefit(outcomes: list[RerouteOutcome]) -> dict[str, Any]:
         "still_driving_accepted": sum(1 for o in outcomes if not o.arrived and o.accepted),  # which side's bound
         "median_ratio_accepted": None if mt is None else round(mt, 3),
         "median_ratio_declined": None if mk is None else round(mk, 3),
-        "faster": None if mt is None or not mk else round(1.0 - mt / mk, 3),
+        "faster": _faster(took, kept),
+        # those still driving left out (a gridlock on one side's way would otherwise set the figure)
+        "faster_arrived": _faster(
+            [o.ratio for o in arrived if o.accepted], [o.ratio for o in arrived if not o.accepted]
+        ),
     }
 
 

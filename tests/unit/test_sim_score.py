@@ -111,6 +111,7 @@ def test_reroute_benefit_compares_medians_of_takers_and_decliners_round_a_closur
     rr = score(Inputs([], [], vehicle_hours=1.0, reroutes=outs + others))["reroute"]
     assert rr["offered"] == 6 and rr["accepted"] == 3 and rr["still_driving"] == 1
     assert rr["still_driving_accepted"] == 0  # the one still driving is a decliner
+    assert rr["faster_arrived"] == pytest.approx(1 - 1.2 / 1.55, abs=1e-3)  # without it
     assert rr["faster"] == pytest.approx(1 - 1.2 / 1.6, abs=1e-3)
     assert rr["all_offers"]["offered"] == 3 and rr["all_offers"]["faster"] == pytest.approx(-2.0)
     assert verdicts(score(Inputs([], [], 1.0, reroutes=outs + others)))["reroute"] is True
