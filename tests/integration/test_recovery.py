@@ -187,8 +187,16 @@ async def test_kill9_mid_stream_then_restart_counts_every_ping_once(
         assert 0 < at_kill < sent_at_kill < len(feed.records), (at_kill, sent_at_kill, len(feed.records))
         await feeding
 
-        start_worker(stack, "worker-2", port, data_dir)  # same port → same data dir → its RocksDB
+        second = start_worker(stack, "worker-2", port, data_dir)  # same port → same data dir → its RocksDB
         await finish_and_check(bootstrap, settings, progress, producer, run, cells, unique)
+        # a SIGTERM ends it promptly although it holds unacknowledged records (it used to wait
+        # for their acks forever, be killed after the grace period and leave the group unclean)
+        await send_all(producer, TOPIC_PINGS, feed.records[:5])  # replays (counted once): held when the signal comes
+        await asyncio.sleep(1.0)
+        t = time.monotonic()
+        second.stop(timeout=30)
+        took = time.monotonic() - t
+        assert took < 12 and second.popen.returncode == 0, (took, second.popen.returncode)
     finally:
         await producer.stop()
 
