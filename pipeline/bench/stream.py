@@ -446,6 +446,36 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
+Tick = list[tuple[bytes, list[pings.Ping]]]  # the records (key, pings) sent in one tick
+
+
+def _background(city: City, rate: float, seconds: float, tick: float, size: int) -> list[Tick]:
+    """Per tick of ``tick`` s, the records of ``rate`` pings/s; each ping's ``ts`` is its offset in the tick.
+
+    Made before the clock starts: generating 20,000 pings/s (positions, H3 keys) takes most
+    of a core of this 2-core machine, which the worker under test would then not have.
+    """
+    per_tick = max(1, int(rate * tick))
+    plan, cursor = [], 0
+    for _ in range(int(seconds / tick)):
+        cars = [city.cars[(cursor + i) % len(city.cars)] for i in range(per_tick)]
+        cursor += per_tick
+        parts: dict[int, tuple[bytes, list[pings.Ping]]] = {}
+        records: list[tuple[bytes, list[pings.Ping]]] = []
+        for p in city.step(cars, 0.0, 5.0):
+            key = geo.key_cell(p["lat"], p["lon"], KEY_RES, CELL_RES)
+            part = city.partition(key)
+            cur = parts.get(part)
+            if cur is None:
+                cur = parts[part] = (key.encode(), [])
+            cur[1].append(p)
+            if len(cur[1]) >= size:
+                records.append(parts.pop(part))
+        records.extend(parts.values())
+        plan.append(records)
+    return plan
+
+
 async def latency(bootstrap: str, city: City, rate: float, seconds: float, k: int, record_size: int) -> dict[str, Any]:
     """Background traffic at ``rate`` pings/s; a marker burst every 0.25 s; ack → first condition."""
     watch = ConditionWatch(bootstrap)
@@ -463,21 +493,17 @@ async def latency(bootstrap: str, city: City, rate: float, seconds: float, k: in
         acked[cell] = time.monotonic()
 
     try:
-        packer = Packer(city, record_size)
         tick = 0.05
-        per_tick = max(1, int(rate * tick))
-        cursor = 0
+        plan = _background(city, rate, seconds, tick, record_size)
         t_start = time.monotonic()
         next_marker = t_start
-        while time.monotonic() - t_start < seconds:
-            t_tick = time.monotonic()
-            cars = [city.cars[(cursor + i) % len(city.cars)] for i in range(per_tick)]
-            cursor += per_tick
-            recs = [r for p in city.step(cars, time.time(), 5.0) if (r := packer.add(p)) is not None]
-            recs.extend(packer.drain())  # live traffic: no record waits for the next tick
-            for key, value, n in recs:
-                await producer.send(TOPIC_PINGS, key=key, value=value)
-                sent += n
+        for records in plan:
+            t_tick, now = time.monotonic(), time.time()
+            for key, batch in records:  # live traffic: stamped now, no record waits for the next tick
+                for p in batch:
+                    p["ts"] = round(now + p["ts"], 3)
+                await producer.send(TOPIC_PINGS, key=key, value=pings.encode_record(key.decode(), batch, now))
+                sent += len(batch)
             if t_tick >= next_marker:
                 t = asyncio.create_task(marker())
                 tasks.add(t)
