@@ -470,10 +470,10 @@ class Engine:
             not open_
             and cell not in self.published
             and cell not in self.maybe_published
-            and (window is None or len(window.seen) < self.min_devices)
+            and (window is None or not window.could_reach(self.min_devices))
         ):
-            # fewer than k devices (a sector's count never exceeds the cell's dedupe entries) and
-            # nothing open: nothing to publish; the rescan expires it (SPARSE_RESCAN_S)
+            # no sector can have k devices (a cell filling up one device at a time is evaluated
+            # at each new one) and nothing open: nothing to publish, nothing to read
             self.evaluated_at.pop(cell, None)
             self.evaluated_n.pop(cell, None)
             if window is None:

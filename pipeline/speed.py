@@ -167,6 +167,23 @@ class CellSpeedWindow:
             del self.seen[dev]
         return dropped
 
+    def could_reach(self, k: int) -> bool:
+        """Whether some sector may have ``k`` distinct devices: a bound, without a reading.
+
+        The sum of a sector's per-bucket device counts bounds its distinct devices from
+        above (buckets past the window included), so False means no sector can be published.
+        """
+        if len(self.seen) < k:
+            return False
+        per: dict[int, int] = {}
+        for sectors in self.buckets.values():
+            for sec, b in sectors.items():
+                n = per.get(sec, 0) + len(b.devices)
+                if n >= k:
+                    return True
+                per[sec] = n
+        return False
+
     def is_empty(self) -> bool:
         return not self.buckets and not self.seen
 

@@ -285,3 +285,17 @@ def test_cached_reading_equals_a_full_merge_through_late_pings_and_expiry(data: 
             assert got == _naive_stats(w, now)
         if data.draw(st.integers(0, 9)) == 0:
             w.expire(now)
+
+
+def test_could_reach_bounds_the_devices_of_a_sector_from_above() -> None:
+    """No sector with k devices → False (no reading needed); True whenever one may have them."""
+    w = CellSpeedWindow()
+    w.add("a", 1, 1000.0, 10.0, 0.0, 1000.0)
+    w.add("b", 1, 1000.0, 10.0, 0.0, 1000.0)
+    w.add("c", 1, 1000.0, 10.0, 180.0, 1000.0)  # three devices, two and one per direction
+    assert not w.could_reach(3)
+    assert w.could_reach(2)
+    w.add("d", 1, 1040.0, 10.0, 180.0, 1040.0)
+    w.add("c", 2, 1040.0, 10.0, 180.0, 1040.0)  # c again, in the next bucket: counted twice by the bound
+    assert w.could_reach(3)
+    assert max(s.devices for s in w.stats(1040.0).values()) == 2  # (the bound is only an upper one)
