@@ -15,6 +15,7 @@ over HTTP. Results go to ``artifacts/bench-push.json``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -68,7 +69,8 @@ def target_cells(clients: int, res: int) -> list[str]:
     return [cone[k] for k in range(CELLS_PER_SPOT) for cone in cones]
 
 
-def condition(cell: str, version: int, fast: bool) -> dict[str, Any]:
+def condition(cell: str, version: int, fast: bool, at: float | None = None) -> dict[str, Any]:
+    """A condition for ``cell``, news for its drivers; ``updated_at`` = ``at``, when it was due (default now)."""
     lat, lon = geo.cell_center(cell)
     v = 13.0 if fast else 3.0
     sec = {
@@ -83,7 +85,7 @@ def condition(cell: str, version: int, fast: bool) -> dict[str, Any]:
         "level": 0 if fast else 3,
         "jam_factor": 0.0 if fast else 7.8,
     }
-    return {"cell": cell, "version": version, "updated_at": time.time(), "lat": lat, "lon": lon,
+    return {"cell": cell, "version": version, "updated_at": time.time() if at is None else at, "lat": lat, "lon": lon,
             "level": sec["level"], "jam_factor": sec["jam_factor"], "sectors": [sec], "incidents": [],
             "sample_bucket": "3-9", "window_s": 300}  # fmt: skip
 
@@ -105,29 +107,31 @@ def pct(xs: list[float], q: float) -> float:
 # -- the client processes -----------------------------------------------------------------
 
 
-async def run_clients(port: int, clients: int, part: int, parts: int, seconds: float, token: str) -> None:
-    """Hold drivers ``part``, ``part + parts``, … of ``clients``; 'ready'; per round, on 'go' count for
-    ``seconds`` after ``WARMUP_S`` and on 'end' report (window counts, all frames since 'go', CPU
-    seconds); any other line ends it."""
+async def run_clients(ports: list[int], clients: int, part: int, parts: int, seconds: float, token: str) -> None:
+    """Hold drivers ``part``, ``part + parts``, … of ``clients`` on each server of ``ports``; 'ready'; per
+    round, on 'go PORT' count for ``seconds`` after ``WARMUP_S`` and on 'end' report (window counts,
+    frames from that server since 'go', CPU seconds); any other line ends it."""
     raise_fd_limit()
     tally = wsclient.Tally(SAMPLE_EVERY)
     loop = asyncio.get_running_loop()
-    conns: list[wsclient.WsClient] = []
+    conns: dict[int, list[wsclient.WsClient]] = {port: [] for port in ports}
     places = spots(clients)
     mine = list(range(part, clients, parts))
-    for k in range(0, len(mine), 500):
-        idx = mine[k : k + 500]
-        batch = await asyncio.gather(*(wsclient.connect("127.0.0.1", port, token, tally=tally) for _ in idx))
-        for i, c in zip(idx, batch, strict=True):
-            lat, lon = places[i % len(places)]
-            c.send_text(orjson.dumps({"type": "subscribe", "lat": lat, "lon": lon, "heading_deg": 0.0,
-                                      "speed_mps": SPEED_MPS}).decode())  # fmt: skip
-        conns += batch
+    for port in ports:
+        for k in range(0, len(mine), 500):
+            idx = mine[k : k + 500]
+            batch = await asyncio.gather(*(wsclient.connect("127.0.0.1", port, token, tally=tally) for _ in idx))
+            for i, c in zip(idx, batch, strict=True):
+                lat, lon = places[i % len(places)]
+                c.send_text(orjson.dumps({"type": "subscribe", "lat": lat, "lon": lon, "heading_deg": 0.0,
+                                          "speed_mps": SPEED_MPS}).decode())  # fmt: skip
+            conns[port] += batch
     await asyncio.sleep(2.0)
-    print(json.dumps({"ready": len(conns)}), flush=True)
-    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "go":  # one round each
+    print(json.dumps({"ready": min(len(c) for c in conns.values())}), flush=True)
+    while (line := (await loop.run_in_executor(None, sys.stdin.readline)).split())[:1] == ["go"]:
+        these = conns[int(line[1])]
         tally.frames, tally.latencies = 0, []
-        texts0 = sum(c.texts for c in conns)
+        texts0 = sum(c.texts for c in these)
         await asyncio.sleep(WARMUP_S)
         cpu0, t0 = _cpu_s(), time.monotonic()
         tally.on = True
@@ -135,10 +139,10 @@ async def run_clients(port: int, clients: int, part: int, parts: int, seconds: f
         tally.on = False
         elapsed, cpu = time.monotonic() - t0, _cpu_s() - cpu0
         await loop.run_in_executor(None, sys.stdin.readline)
-        closed, since_go = sum(1 for c in conns if c.closed.done()), sum(c.texts for c in conns) - texts0
+        closed, since_go = sum(1 for c in these if c.closed.done()), sum(c.texts for c in these) - texts0
         print(json.dumps({"received": tally.frames, "seconds": elapsed, "cpu_s": cpu, "closed": closed,
                           "all_since_go": since_go, "lat": tally.latencies}), flush=True)  # fmt: skip
-    for c in conns:
+    for c in (c for cs in conns.values() for c in cs):
         if c.transport is not None:
             c.transport.abort()
 
@@ -155,23 +159,25 @@ def _cpu_s(pid: int | None = None, kernel: bool = True) -> float:
 # -- the bare broadcast server -------------------------------------------------------------
 
 
-def bare_app(rate: float, clients: int) -> Any:
+def bare_app(rate: float, clients: int, tick_s: float) -> Any:
     """On POST /go?seconds=S: ``rate`` condition messages/s for S s, each to its spot's FANOUT sockets.
 
-    The least a broadcast can do: the message encoded once as one frame, written to each
-    socket's transport (pipeline/push/frames.py), one write per message and socket.
+    The least a broadcast of the same news can do: each message encoded once as one frame,
+    and per pass (every ``tick_s``, the push worker's pass spacing, or 5 ms) the frames due
+    for a spot joined and written once to each of its sockets (pipeline/push/frames.py). No
+    Kafka, no hub, no per-driver state. ``updated_at`` is when a message was due, so a
+    broadcast that falls behind shows it in its latency.
     """
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route, WebSocketRoute
-    from starlette.websockets import WebSocket
+    from starlette.websockets import WebSocket, WebSocketDisconnect
 
     from pipeline.push.frames import RawSocket, raw_socket
 
     groups: list[list[RawSocket]] = [[] for _ in spots(clients)]
     cells = target_cells(clients, 9)
-    done = asyncio.Event()
 
     async def stream(ws: WebSocket) -> None:
         await ws.accept()
@@ -179,24 +185,30 @@ def bare_app(rate: float, clients: int) -> Any:
         sock = raw_socket(ws)
         assert sock is not None, "the bare server runs on uvicorn's websockets-sansio"
         groups[sum(len(g) for g in groups) % len(groups)].append(sock)
-        await done.wait()
+        # held open across rounds (returning would close the socket) until the client leaves
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await ws.receive_text()
 
     async def go(request: Request) -> Any:
         seconds = float(request.query_params["seconds"])
 
         async def blast() -> None:
-            t0, n = time.monotonic(), 0
+            t0, wall0, n = time.monotonic(), time.time(), 0
             while (now := time.monotonic()) - t0 < seconds:
                 due = int((now - t0) * rate)
+                frames: dict[int, list[bytes]] = {}
                 for i in range(n, due):
                     cell = cells[i % len(cells)]
-                    cond = condition(cell, i, (i // len(cells)) % 2 == 0)
-                    frame = text_frame(orjson.dumps({"type": "condition", "condition": cond}))
-                    for sock in groups[i % len(groups)]:
-                        sock.write(frame)
+                    cond = condition(cell, i, (i // len(cells)) % 2 == 0, wall0 + i / rate)
+                    frames.setdefault(i % len(groups), []).append(text_frame(orjson.dumps(
+                        {"type": "condition", "condition": cond})))  # fmt: skip
+                for g, fs in frames.items():
+                    data = fs[0] if len(fs) == 1 else b"".join(fs)
+                    for sock in groups[g]:
+                        sock.write(data)
                 n = max(n, due)
-                await asyncio.sleep(0.005)
-            done.set()
+                await asyncio.sleep(max(tick_s, 0.005))
 
         asyncio.get_running_loop().create_task(blast())
         return PlainTextResponse("ok")
@@ -234,12 +246,12 @@ async def _produce(s: Settings, clients: int, rate: float, seconds: float) -> di
     cells = target_cells(clients, s.cell_resolution)
     p = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=2)
     await p.start()
-    base, n, t0 = int(time.time() * 1000), 0, time.monotonic()
+    base, n, t0, wall0 = int(time.time() * 1000), 0, time.monotonic(), time.time()
     try:
         while (now := time.monotonic()) - t0 < seconds:
             for i in range(n, int((now - t0) * rate)):
                 cell = cells[i % len(cells)]
-                cond = condition(cell, base + i, (i // len(cells)) % 2 == 0)
+                cond = condition(cell, base + i, (i // len(cells)) % 2 == 0, wall0 + i / rate)
                 await p.send(TOPIC_CONDITIONS, orjson.dumps(cond), key=cell.encode())
                 n = i + 1
             await asyncio.sleep(0.002)
@@ -250,11 +262,14 @@ async def _produce(s: Settings, clients: int, rate: float, seconds: float) -> di
     return {"produced": n, "seconds": elapsed, "conditions_per_s": n / elapsed}
 
 
-def _clients(port: int, clients: int, seconds: float, token: str, env: dict[str, str]) -> list[subprocess.Popen[str]]:
+def _clients(
+    ports: list[int], clients: int, seconds: float, token: str, env: dict[str, str]
+) -> list[subprocess.Popen[str]]:
+    """Client processes holding ``clients`` drivers on each server of ``ports``."""
     procs = []
     for part in range(CLIENT_PROCS):
-        args = [sys.executable, "-m", "pipeline.bench.push", "clients", str(port), str(clients), str(part),
-                str(CLIENT_PROCS), str(seconds), token]  # fmt: skip
+        args = [sys.executable, "-m", "pipeline.bench.push", "clients", ",".join(map(str, ports)), str(clients),
+                str(part), str(CLIENT_PROCS), str(seconds), token]  # fmt: skip
         procs.append(_spawn(args, env, stdin=True))
     ready = 0
     for proc in procs:
@@ -363,32 +378,37 @@ def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float 
                            "cpus": os.cpu_count(), "load_before": os.getloadavg()}  # fmt: skip
     push_port, bare_port = 18181, 18182
     push = _spawn([sys.executable, "-m", "pipeline.cli", "push", "--port", str(push_port)], env)
+    bare = None
     try:
         _wait_http(f"http://127.0.0.1:{push_port}/readyz")
         rss0 = rss_kb(push.pid)
-        cl = _clients(push_port, clients, seconds, token, env)
+        bare = _spawn([sys.executable, "-m", "pipeline.bench.push", "bare", str(bare_port), str(rate), str(clients),
+                       str(s.push_tick_ms / 1000.0)], env)  # fmt: skip
+        _wait_http(f"http://127.0.0.1:{bare_port}/healthz")
+        # the same client processes hold a socket per driver on each server; the rounds alternate, so
+        # each push round has its bare round under the same machine load right after it
+        cl = _clients([push_port, bare_port], clients, seconds, token, env)
         out["push_rss_mb"] = rss_kb(push.pid) / 1024
         out["bytes_per_driver"] = (rss_kb(push.pid) - rss0) * 1024 / clients
-        out["push_rounds"] = [_push_round(s, cl, push_port, push.pid, clients, rate, seconds) for _ in range(rounds)]
+        out["push_rounds"], out["bare_rounds"] = [], []
+        for _ in range(rounds):
+            out["push_rounds"].append(_push_round(s, cl, push_port, push.pid, clients, rate, seconds))
+            out["bare_rounds"].append(_bare_round(cl, bare_port, bare.pid, rate, seconds))
         _quit(cl)
         out["route"] = _route_latency(s, push_port)
     finally:
+        if bare is not None:
+            bare.kill()  # its handlers hold sockets open: a graceful stop would wait for them
+            bare.wait(15)
         push.terminate()
         try:
             push.wait(15)
         except subprocess.TimeoutExpired:
             push.kill()
-    bare = _spawn([sys.executable, "-m", "pipeline.bench.push", "bare", str(bare_port), str(rate), str(clients)], env)
-    try:
-        _wait_http(f"http://127.0.0.1:{bare_port}/healthz")
-        cl = _clients(bare_port, clients, seconds, token, env)
-        out["bare_rounds"] = [_bare_round(cl, bare_port, bare.pid, rate, seconds) for _ in range(rounds)]
-        _quit(cl)
-    finally:
-        bare.kill()  # its handlers hold sockets open: a graceful stop would wait for them
-        bare.wait(15)
     out["push"], out["bare"] = median_of(out["push_rounds"]), median_of(out["bare_rounds"])
     out["push_over_bare"] = out["push"]["msgs_per_s"] / max(1.0, out["bare"]["msgs_per_s"])
+    pairs = zip(out["push_rounds"], out["bare_rounds"], strict=True)
+    out["push_over_bare_per_round"] = [p["msgs_per_s"] / max(1.0, b["msgs_per_s"]) for p, b in pairs]
     out["load_after"] = os.getloadavg()
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(out, indent=2))
@@ -399,8 +419,8 @@ def main(s: Settings, clients: int = 10_000, seconds: float = 10.0, rate: float 
 def _push_round(
     s: Settings, cl: list[subprocess.Popen[str]], port: int, pid: int, clients: int, rate: float, seconds: float
 ) -> dict[str, Any]:
-    sent0, cpu0, user0 = _sent(port), _cpu_s(pid), _cpu_s(pid, kernel=False)
-    _tell(cl, "go")
+    sent0, cpu0, user0, m0 = _sent(port), _cpu_s(pid), _cpu_s(pid, kernel=False), _machine(cl)
+    _tell(cl, f"go {port}")
     produced = asyncio.run(_produce(s, clients, rate, WARMUP_S + seconds + 0.5))
     sent1 = _settled(port)  # a worker behind is still writing: both counts once it is done
     r = _results(cl, rate * FANOUT)
@@ -408,20 +428,38 @@ def _push_round(
     r["server_cpu_s"] = _cpu_s(pid) - cpu0
     r["server_user_cpu_s"] = _cpu_s(pid, kernel=False) - user0
     r["conditions_per_s"] = produced["conditions_per_s"]
+    r.update(_others(m0, _machine(cl), r["server_cpu_s"]))
     return r
 
 
 def _bare_round(cl: list[subprocess.Popen[str]], port: int, pid: int, rate: float, seconds: float) -> dict[str, Any]:
     import httpx
 
-    cpu0, user0 = _cpu_s(pid), _cpu_s(pid, kernel=False)
-    _tell(cl, "go")
+    cpu0, user0, m0 = _cpu_s(pid), _cpu_s(pid, kernel=False), _machine(cl)
+    _tell(cl, f"go {port}")
     httpx.post(f"http://127.0.0.1:{port}/go", params={"seconds": WARMUP_S + seconds + 0.5})
     time.sleep(WARMUP_S + seconds + 1.5)
     r = _results(cl, rate * FANOUT)
     r["server_cpu_s"] = _cpu_s(pid) - cpu0
     r["server_user_cpu_s"] = _cpu_s(pid, kernel=False) - user0
+    r.update(_others(m0, _machine(cl), r["server_cpu_s"]))
     return r
+
+
+def _machine(cl: list[subprocess.Popen[str]]) -> tuple[float, float, float]:
+    """(wall s, busy CPU s of the whole machine, CPU s of this process and the client processes)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    return time.monotonic(), busy, _cpu_s() + sum(_cpu_s(p.pid) for p in cl)
+
+
+def _others(m0: tuple[float, float, float], m1: tuple[float, float, float], server_s: float) -> dict[str, float]:
+    """How busy the machine was during a round, and how much of it was not this benchmark (in cores):
+    other engineers' work, and the broker (it serves the push rounds only)."""
+    wall = m1[0] - m0[0]
+    busy = m1[1] - m0[1]
+    return {"machine_busy_cores": busy / wall, "others_cores": (busy - (m1[2] - m0[2]) - server_s) / wall,
+            "load1": os.getloadavg()[0]}  # fmt: skip
 
 
 def _print(out: dict[str, Any]) -> None:
@@ -433,6 +471,8 @@ def _print(out: dict[str, Any]) -> None:
           f"push/bare {out['push_over_bare']:.2f}")  # fmt: skip
     print(f"{'  per round':28s}{_each(out['push_rounds'], 'msgs_per_s', 1e-3, 'k'):>14s}"
           f"{_each(out['bare_rounds'], 'msgs_per_s', 1e-3, 'k'):>16s}")  # fmt: skip
+    ratios = "/".join(f"{x:.2f}" for x in out["push_over_bare_per_round"])
+    print(f"{'  push/bare per round pair':28s}{ratios:>14s}")
     print(f"{'published->received p50 ms':28s}{p['latency_p50_ms']:14.1f}{b['latency_p50_ms']:16.1f}")
     print(f"{'published->received p99 ms':28s}{p['latency_p99_ms']:14.1f}{b['latency_p99_ms']:16.1f}")
     print(f"{'  p99 per round':28s}{_each(out['push_rounds'], 'latency_p99_ms'):>14s}"
@@ -442,6 +482,9 @@ def _print(out: dict[str, Any]) -> None:
           f"{_per100k(b, 'server_user_cpu_s'):16.2f}")  # fmt: skip
     print(f"{'client CPU s per 100k msgs':28s}{_per100k(p, 'client_cpu_s', 'received'):14.2f}"
           f"{_per100k(b, 'client_cpu_s', 'received'):16.2f}")  # fmt: skip
+    print(f"{'machine busy, cores':28s}{p['machine_busy_cores']:14.2f}{b['machine_busy_cores']:16.2f}")
+    print(f"{'  not this bench, per round':28s}{_each(out['push_rounds'], 'others_cores', 1.0, '', 2):>14s}"
+          f"{_each(out['bare_rounds'], 'others_cores', 1.0, '', 2):>16s}   (others' work + broker)")  # fmt: skip
     print(f"{'clients closed':28s}{p['clients_closed']:14.0f}{b['clients_closed']:16.0f}")
     sent, got = p["server_sent_since_go"], p["received_since_go"]
     print(f"push worker wrote {sent:,.0f} messages after 'go' (median round), its clients got {got:,.0f}")
@@ -454,8 +497,8 @@ def _print(out: dict[str, Any]) -> None:
     print(f"written to {OUT}")
 
 
-def _each(rounds: list[dict[str, Any]], key: str, scale: float = 1.0, unit: str = "") -> str:
-    return "/".join(f"{r[key] * scale:.0f}{unit}" for r in rounds)
+def _each(rounds: list[dict[str, Any]], key: str, scale: float = 1.0, unit: str = "", digits: int = 0) -> str:
+    return "/".join(f"{r[key] * scale:.{digits}f}{unit}" for r in rounds)
 
 
 def _per100k(r: dict[str, Any], key: str = "server_cpu_s", per: str = "received_since_go") -> float:
@@ -468,14 +511,14 @@ if __name__ == "__main__":
 
     if sys.argv[1] == "clients":
         a = sys.argv[2:]
-        uvloop.run(run_clients(int(a[0]), int(a[1]), int(a[2]), int(a[3]), float(a[4]), a[5]))
+        uvloop.run(run_clients([int(p) for p in a[0].split(",")], int(a[1]), int(a[2]), int(a[3]), float(a[4]), a[5]))
     elif sys.argv[1] == "bare":
         import uvicorn
         from starlette.responses import PlainTextResponse
         from starlette.routing import Route
 
         raise_fd_limit()
-        app = bare_app(float(sys.argv[3]), int(sys.argv[4]))
+        app = bare_app(float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
         app.router.routes.append(Route("/healthz", lambda request: PlainTextResponse("ok")))
         uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", ws="websockets-sansio",
                     loop="uvloop", access_log=False)  # fmt: skip
