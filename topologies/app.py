@@ -342,6 +342,18 @@ async def healthz(web: Any, request: Any) -> Any:
     )
 
 
+@app.page("/readyz")
+async def readyz(web: Any, request: Any) -> Any:
+    """200 once this worker owns partitions and no rebalance is under way (their tables restored), else 503.
+
+    A worker that joins a group whose partitions are all taken stays 503: it is a
+    standby, not serving. Speed windows may still be being read (``adopting``).
+    """
+    ready = bool(assigned) and not app.rebalancing
+    body = {"ready": ready, "partitions": sorted(assigned), "adopting": len(engine.adopting)}
+    return web.json(body, status=200 if ready else 503)
+
+
 worker_metrics = WorkerMetrics(
     engine,
     app,

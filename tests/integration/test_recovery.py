@@ -54,6 +54,7 @@ def start_worker(stack: Stack, name: str, port: int, data_dir: Path) -> Proc:
     proc = stack.start(name, "worker", extra_env=env)
     proc.port = port
     wait_http(proc, f"http://127.0.0.1:{port}/healthz", timeout=90)
+    wait_http(proc, f"http://127.0.0.1:{port}/readyz", timeout=90)  # partitions assigned, tables restored
     return proc
 
 
