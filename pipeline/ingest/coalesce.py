@@ -29,6 +29,7 @@ from aiokafka.partitioner import murmur2
 from h3 import _cy as h3cy
 
 from pipeline import pings
+from pipeline.ingest.wire import WirePing, encode_record
 
 # (records, timeout, each record's partition or None when the partition count is not known)
 Send = Callable[[list[tuple[bytes, bytes]], float, list[int] | None], Awaitable[None]]
@@ -79,12 +80,12 @@ def _parent_bits(res: int) -> tuple[int, int]:
 
 
 def group_by_partition(
-    batch: list[pings.Ping],
+    batch: list[WirePing],
     partitions: int | None,
     key_res: int = 7,
     cell_res: int = 9,
     max_pings: int = pings.MAX_BATCH,
-) -> list[tuple[str, list[pings.Ping]]]:
+) -> list[tuple[str, list[WirePing]]]:
     """``(record key, pings)`` pairs: the pings of one partition in records of at most ``max_pings``.
 
     Each ping's key is ``geo.key_cell`` (the ``key_res`` parent of its ``cell_res`` cell),
@@ -100,9 +101,9 @@ def group_by_partition(
     to_cell = _latlng_to_cell
     keep, put = _parent_bits(key_res)
     if not partitions:
-        by_key: dict[int, list[pings.Ping]] = {}
+        by_key: dict[int, list[WirePing]] = {}
         for p in batch:
-            k = to_cell(p["lat"], p["lon"], cell_res) & keep | put
+            k = to_cell(p.lat, p.lon, cell_res) & keep | put
             group = by_key.get(k)
             if group is None:
                 by_key[k] = [p]
@@ -117,8 +118,8 @@ def group_by_partition(
 
 
 def _partition_records(
-    batch: list[pings.Ping], partitions: int, key_res: int, cell_res: int, max_pings: int
-) -> list[tuple[str, int, list[pings.Ping]]]:
+    batch: list[WirePing], partitions: int, key_res: int, cell_res: int, max_pings: int
+) -> list[tuple[str, int, list[WirePing]]]:
     """``(record key, partition, pings)`` for a known partition count: ``group_by_partition``'s work.
 
     Per ping only the H3 call, one cache lookup and one append (measured: the per-ping key list
@@ -128,11 +129,11 @@ def _partition_records(
     to_cell = _latlng_to_cell
     keep, put = _parent_bits(key_res)
     # one pass in arrival order, so a device's pings of one partition stay in the order it sent them
-    slots: list[list[pings.Ping] | None] = [None] * partitions
+    slots: list[list[WirePing] | None] = [None] * partitions
     heads: list[str] = [""] * partitions
     cache = _keys if partitions == _keys_for else {}
     for p in batch:
-        index = to_cell(p["lat"], p["lon"], cell_res) & keep | put
+        index = to_cell(p.lat, p.lon, cell_res) & keep | put
         hit = cache.get(index)
         if hit is None:
             hit = _key_and_partition(index, partitions)
@@ -144,14 +145,14 @@ def _partition_records(
             heads[part] = hit[0]
         else:
             slot.append(p)
-    out: list[tuple[str, int, list[pings.Ping]]] = []
+    out: list[tuple[str, int, list[WirePing]]] = []
     for part, slot in enumerate(slots):
         if slot is None:
             continue
         out.append((heads[part], part, slot[:max_pings] if len(slot) > max_pings else slot))
         for i in range(max_pings, len(slot), max_pings):  # keyed by its first ping: one of its own keys
             first = slot[i]
-            key = format(to_cell(first["lat"], first["lon"], cell_res) & keep | put, "x")
+            key = format(to_cell(first.lat, first.lon, cell_res) & keep | put, "x")
             out.append((key, part, slot[i : i + max_pings]))
     return out
 
@@ -187,7 +188,7 @@ class Coalescer:
         self.timeout_s = timeout_s
         self.max_pings = max_pings
         self.clock = clock
-        self._pending: list[pings.Ping] = []
+        self._pending: list[WirePing] = []
         self._done: asyncio.Future[None] | None = None
         self._deadline = 0.0  # loop time by which the pending requests must have their answer
         self._handle: asyncio.TimerHandle | None = None
@@ -198,7 +199,7 @@ class Coalescer:
         self.records = 0
         self.pings = 0
 
-    def submit(self, batch: list[pings.Ping]) -> asyncio.Future[None]:
+    def submit(self, batch: list[WirePing]) -> asyncio.Future[None]:
         """Queue validated pings; the future resolves when Kafka acked them (or fails with why not).
 
         The future is shared by every request of the flush: awaiting it is all a request does.
@@ -247,7 +248,7 @@ class Coalescer:
             if self._due:
                 self._flush()
 
-    async def _produce(self, batch: list[pings.Ping], done: asyncio.Future[None], deadline: float) -> None:
+    async def _produce(self, batch: list[WirePing], done: asyncio.Future[None], deadline: float) -> None:
         try:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:  # spent waiting behind a flush that took its whole timeout
@@ -257,11 +258,11 @@ class Coalescer:
             parts: list[int] | None = None
             if n:
                 placed = _partition_records(batch, n, self.key_res, self.cell_res, self.max_pings)
-                records = [(key.encode(), pings.encode_record(key, chunk, now)) for key, _, chunk in placed]
+                records = [(key.encode(), encode_record(key, chunk, now)) for key, _, chunk in placed]
                 parts = [part for _, part, _ in placed]
             else:
                 groups = group_by_partition(batch, None, self.key_res, self.cell_res, self.max_pings)
-                records = [(key.encode(), pings.encode_record(key, chunk, now)) for key, chunk in groups]
+                records = [(key.encode(), encode_record(key, chunk, now)) for key, chunk in groups]
             self.flushes += 1
             self.records += len(records)
             self.pings += len(batch)

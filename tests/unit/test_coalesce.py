@@ -12,17 +12,17 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline import geo
 from pipeline.ingest.coalesce import Coalescer, KafkaUnavailable, Send, group_by_partition, partition_of
+from pipeline.ingest.wire import WirePing
 
 PARTITIONS = 8
 BERLIN = (52.52, 13.405)
 
 
-def ping(dev: str, seq: int, lat: float = 52.5, lon: float = 13.4) -> dict[str, Any]:
-    return {"device_id": dev, "seq": seq, "ts": 1.0, "lat": lat, "lon": lon, "speed_mps": 1.0,
-            "heading_deg": 0.0, "accuracy_m": 1.0}
+def ping(dev: str, seq: int, lat: float = 52.5, lon: float = 13.4) -> WirePing:
+    return WirePing(device_id=dev, seq=seq, ts=1.0, lat=lat, lon=lon, speed_mps=1.0, heading_deg=0.0, accuracy_m=1.0)
 
 
-def spread(n: int, seed: int = 1) -> list[dict[str, Any]]:
+def spread(n: int, seed: int = 1) -> list[WirePing]:
     """Pings of ``n`` devices over ~20 km × 20 km: hundreds of res-7 keys over every partition."""
     rng = random.Random(seed)
     return [ping(f"d{i}", i, BERLIN[0] + rng.uniform(-0.1, 0.1), BERLIN[1] + rng.uniform(-0.15, 0.15))
@@ -34,8 +34,11 @@ def kafka_partition(key: str, n: int = PARTITIONS) -> int:
     return int(DefaultPartitioner()(key.encode(), list(range(n)), list(range(n))))
 
 
-def key(p: dict[str, Any]) -> str:
-    return geo.key_cell(p["lat"], p["lon"], 7, 9)
+def key(p: WirePing | dict[str, Any]) -> str:
+    """A ping's key; ``p`` as handed to the coalescer, or as read back from a record."""
+    if isinstance(p, dict):
+        return geo.key_cell(p["lat"], p["lon"], 7, 9)
+    return geo.key_cell(p.lat, p.lon, 7, 9)
 
 
 # -- partition grouping (pure) ---------------------------------------------------------------
@@ -61,9 +64,9 @@ def test_a_record_holds_only_pings_whose_keys_hash_to_its_partition() -> None:
     assert sorted(kafka_partition(k) for k, _ in groups) == sorted(
         part for part, n in per_part.items() for _ in range(-(-n // 500))
     )
-    assert sorted(p["seq"] for _, ps in groups for p in ps) == list(range(3000))
+    assert sorted(p.seq for _, ps in groups for p in ps) == list(range(3000))
     for _, ps in groups:
-        assert [p["seq"] for p in ps] == sorted(p["seq"] for p in ps)
+        assert [p.seq for p in ps] == sorted(p.seq for p in ps)
 
 
 def test_records_are_capped_and_each_is_keyed_by_one_of_its_own_pings() -> None:
@@ -73,7 +76,7 @@ def test_records_are_capped_and_each_is_keyed_by_one_of_its_own_pings() -> None:
     for record_key, ps in groups:
         assert record_key == key(ps[0])
         assert {kafka_partition(key(p), 2) for p in ps} == {kafka_partition(record_key, 2)}
-    assert sorted(p["seq"] for _, ps in groups for p in ps) == list(range(1200))
+    assert sorted(p.seq for _, ps in groups for p in ps) == list(range(1200))
     per_part: dict[int, int] = {}
     for k, _ in groups:
         per_part[kafka_partition(k, 2)] = per_part.get(kafka_partition(k, 2), 0) + 1
@@ -86,7 +89,7 @@ def test_without_a_partition_count_pings_are_grouped_per_key(partitions: int | N
     groups = group_by_partition(batch, partitions, max_pings=7)
     for record_key, ps in groups:
         assert {key(p) for p in ps} == {record_key} and len(ps) <= 7
-    assert sorted(p["seq"] for _, ps in groups for p in ps) == list(range(500))
+    assert sorted(p.seq for _, ps in groups for p in ps) == list(range(500))
 
 
 def test_keys_are_geo_key_cell_all_over_the_globe() -> None:
@@ -94,7 +97,7 @@ def test_keys_are_geo_key_cell_all_over_the_globe() -> None:
     batch = [ping(f"d{i}", i, rng.uniform(-89.9, 89.9), rng.uniform(-179.9, 179.9)) for i in range(3000)]
     for partitions in (None, PARTITIONS):
         groups = group_by_partition(batch, partitions, max_pings=1)
-        assert sorted((ps[0]["seq"], k) for k, ps in groups) == [(p["seq"], key(p)) for p in batch]
+        assert sorted((ps[0].seq, k) for k, ps in groups) == [(p.seq, key(p)) for p in batch]
 
 
 def test_the_key_is_the_res7_parent_of_the_res9_cell() -> None:
@@ -253,7 +256,7 @@ def test_keys_by_bit_operations_equal_h3_parents_everywhere() -> None:
     for key_res, cell_res in ((7, 9), (5, 9), (9, 9), (0, 4)):
         groups = group_by_partition(batch, None, key_res, cell_res, max_pings=10_000)
         for record_key, ps in groups:
-            assert {h3.cell_to_parent(h3.latlng_to_cell(p["lat"], p["lon"], cell_res), key_res) for p in ps} == {
+            assert {h3.cell_to_parent(h3.latlng_to_cell(p.lat, p.lon, cell_res), key_res) for p in ps} == {
                 record_key
             }
         assert sum(len(ps) for _, ps in groups) == len(batch)
