@@ -35,8 +35,7 @@ the detector that opened them was lost (a crashed worker's moving-device state).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -44,32 +43,20 @@ from typing import Any
 import h3
 import orjson
 
-from pipeline import conditions, geo
+from pipeline import geo
 from pipeline.cellstate import DictTable, PartitionedState, PartitionTable
 from pipeline.detect import baseline, crash, incidents, motion, stall
 from pipeline.detect.events import IncidentEvent, to_alert
 from pipeline.detect.spots import Spots
+from pipeline.pacing import Pacing
 from pipeline.pings import Ping
-from pipeline.speed import CellSpeedWindow, SectorBucket
+from pipeline.speed import CellSpeedWindow
 
 Table = PartitionTable
 Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
 
 SWEEP_S = 5.0  # detectors' timers: quiet devices, crash context, report lifetimes
-RESCAN_S = 10.0  # every cell re-evaluated at least this often (issue: ≤ 30 s)
-REEVALUATE_S = 1.0  # a published cell's changes are seen within this (+ a tick)
-# ... once at least this share of its window is new since it was last evaluated. Fewer new
-# samples cannot move a quantile by more than that share of ranks, so they rarely make a
-# material change (15 % of speed); the rescan still evaluates every cell within RESCAN_S.
-REEVALUATE_SHARE = 0.1
-# A cell that has seen fewer than k devices, is not published and has no open incident cannot
-# publish anything: the rescan only expires its old buckets (memory, baseline learning), and
-# that can wait this long. Most cells of a big area are such cells (one car now and then), so
-# this keeps a tick's cost proportional to the busy cells, not to the table (1M keys: issue 4).
-SPARSE_RESCAN_S = 60.0
 DEVICE_EXPIRE_S = 60.0  # silent devices' state dropped this often: a pass over every tracker
-TICK_BUDGET_S = 0.05  # per tick for re-evaluating published cells: the rest waits (news does not)
-ADOPT_BUDGET_S = 0.05  # per tick, reading a (re)assigned partition's stored windows (see adopt)
 REPORT_NEAR_M = incidents.MERGE_M
 _by_ts = itemgetter("ts")
 
@@ -142,21 +129,10 @@ class Engine:
         self.active: PartitionedState[dict[str, dict[str, Any]]] = PartitionedState(
             tables.active, _enc_active, _dec_active, lambda v: not v
         )
-        self.published: dict[str, dict[str, Any]] = {}
-        self.pending: set[str] = set()
+        self.pacing = Pacing(self.cells, self.baselines, self.active, min_devices)
         self.swept_at = 0.0
-        self.evaluated_at: dict[str, float] = {}
-        self.evaluated_n: dict[str, tuple[int, int]] = {}  # cell → (window.added, samples) when evaluated
-        self.urgent: set[str] = set()
-        self.rescanned_at = 0.0
-        self.sparse_at = 0.0
-        # stored windows of (re)assigned partitions still to read, and cells that may have a
-        # condition on the compacted topic from before (published is in memory only)
-        self.adopting: list[tuple[int, Iterator[tuple[str, CellSpeedWindow]]]] = []
-        self.maybe_published: set[str] = set()
         self.stalled: set[str] = set()  # device keys with an open stall: the sweep's per-tick work
         self.devices_expired_at = 0.0
-        self.known: dict[str, int] = {}  # unpublished cell → devices it had seen when last evaluated
         self.spots = Spots()  # stopped devices and who passes them: in memory, rebuilt from live pings
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
         self.pings = 0
@@ -214,7 +190,7 @@ class Engine:
                     self._crash_fact(fact, k7, partition, now, out)
         cells.touch(touched_cells, partition)
         devices.touch(touched_devices, partition)
-        self.pending |= touched_cells
+        self.pacing.pending |= touched_cells
         self.pings += len(batch) - duplicates
         self.duplicates += duplicates
         return out
@@ -262,27 +238,14 @@ class Engine:
         again, so after a restart or a takeover an incident would never lapse
         nor a quiet cell be tombstoned. Incidents, crash areas, report books
         and stopped devices are few: loaded now. Speed windows can be millions:
-        read a slice per tick (:data:`ADOPT_BUDGET_S`) while records flow.
+        read a slice per tick (:data:`pipeline.pacing.ADOPT_BUDGET_S`) while records flow.
         """
         self.stalled.update(key for key, st in self.devices.adopt(partition) if st.stall is not None)
         for state in (self.areas, self.books):
             for _ in state.adopt(partition):
                 pass
-        self.urgent.update(cell for cell, _ in self.active.adopt(partition))
-        self.adopting.append((partition, self.cells.adopt(partition)))
-
-    def _adopt_windows(self, now: float) -> None:
-        deadline = time.perf_counter() + ADOPT_BUDGET_S
-        while self.adopting:
-            _, rows = self.adopting[0]
-            for n, (cell, window) in enumerate(rows):
-                if len(window.seen) >= self.min_devices:
-                    self.maybe_published.add(cell)  # evaluated at this tick: republished or tombstoned
-                    self.pending.add(cell)
-                self._expire(cell, window, now)  # an emptied window is deleted at the next write-back
-                if n % 64 == 63 and time.perf_counter() > deadline:
-                    return
-            self.adopting.pop(0)
+        self.pacing.urgent.update(cell for cell, _ in self.active.adopt(partition))
+        self.pacing.adopting.append((partition, self.cells.adopt(partition)))
 
     # -- helpers --------------------------------------------------------------
     def traffic(self, cell: str, sector: int, now: float) -> float | None:
@@ -310,7 +273,7 @@ class Engine:
         else:
             cur[alert["id"]] = {"type": alert["type"], "expires_at": alert["expires_at"]}
         self.active.put(cell, cur, partition)
-        self.urgent.add(cell)  # an incident opened or ended: drivers hear of it at the next tick
+        self.pacing.urgent.add(cell)  # an incident opened or ended: drivers hear of it at the next tick
 
     def _crash_reports(self, key7: str, lat: float, lon: float, partition: int) -> int:
         book = self.books.get(key7, partition)
@@ -368,171 +331,11 @@ class Engine:
     def tick(self, now: float) -> Output:
         """Timer: detector sweeps every :data:`SWEEP_S`, then conditions of the cells that are due."""
         out = Output()
-        if self.adopting:
-            self._adopt_windows(now)
         if now - self.swept_at >= SWEEP_S:
             self.swept_at = now
             self._sweep(now, out)
-        due = self.pending
-        self.pending = set()
-        rescan = now - self.rescanned_at >= RESCAN_S
-        if rescan:
-            self.rescanned_at = now
-            due |= self.published.keys() | self.active.values.keys()
-            due |= self._rescan_cells(now)
-        busy: list[str] = []
-        if not rescan:
-            due, busy = self._triage(due, now)
-        due |= self.urgent
-        self.urgent = set()
-        for cell in due:
-            self._evaluate(cell, now, out, rescan)
-        deadline = time.perf_counter() + TICK_BUDGET_S
-        for i, cell in enumerate(busy):
-            self._evaluate(cell, now, out, False)
-            if i % 16 == 15 and time.perf_counter() > deadline:
-                self.pending.update(busy[i + 1 :])  # overloaded: the rest at the next tick
-                break
+        self.pacing.due(now, out.conditions)
         return out
-
-    def _triage(self, due: set[str], now: float) -> tuple[set[str], list[str]]:
-        """Touched cells → (news, evaluated at once; published cells due, within the tick's budget).
-
-        A busy city touches thousands of cells a second. A cell not yet published
-        is news when a device new to it came (it may now reach k in a sector);
-        the same devices again cannot publish it, so it waits for the rescan. A
-        published cell is re-evaluated at most every REEVALUATE_S, and only when
-        enough is new to matter; the rest stays pending.
-        """
-        published, evaluated, counts, known = self.published, self.evaluated_at, self.evaluated_n, self.known
-        windows = self.cells.values
-        news: set[str] = set()
-        later: set[str] = set()
-        busy: list[str] = []
-        for c in due:
-            w = windows.get(c)
-            if c not in published:
-                if w is None or known.get(c) != len(w.seen):
-                    news.add(c)
-                continue
-            if now - evaluated.get(c, 0.0) < REEVALUATE_S:
-                later.add(c)
-                continue
-            n = counts.get(c)
-            if w is not None and n is not None and 0 <= w.added - n[0] < REEVALUATE_SHARE * n[1]:
-                continue  # too little new to matter: left to the rescan
-            busy.append(c)
-        self.pending = later
-        return news, busy
-
-    def _evaluate(self, cell: str, now: float, out: Output, rescan: bool) -> None:
-        self.evaluated_at[cell] = now
-        self._condition(cell, now, out, expire=rescan)
-        if cell in self.published:
-            self.known.pop(cell, None)
-        else:
-            w = self.cells.values.get(cell)
-            if w is not None:
-                self.known[cell] = len(w.seen)  # the devices that did not make it publish
-            else:
-                self.known.pop(cell, None)
-
-    def _rescan_cells(self, now: float) -> set[str]:
-        """The cells a rescan evaluates: those with k devices seen; sparse ones only expire."""
-        k, dense = self.min_devices, set()
-        sparse = now - self.sparse_at >= SPARSE_RESCAN_S
-        if sparse:
-            self.sparse_at = now
-        for cell, window in self.cells.values.items():  # no copy: expiring only marks (1M cells: 50 ms)
-            if len(window.seen) >= k:
-                dense.add(cell)
-            elif sparse:
-                self._expire(cell, window, now)
-        if sparse:  # a baseline waits in its table while its cell is quiet (clean ones only)
-            for cell in [c for c in self.known if c not in self.cells.values]:
-                del self.known[cell]
-            for cell in [c for c in self.baselines.values if c not in self.cells.values]:
-                self.baselines.evict(cell)
-        return dense
-
-    def _expire(self, cell: str, window: CellSpeedWindow, now: float) -> None:
-        known = len(window.seen)
-        closed = window.expire(now)
-        if closed or len(window.seen) != known:
-            self.cells.mark(cell)  # only what changed: a rescan must not rewrite every cell's changelog
-        if closed:
-            self._learn(cell, closed)
-
-    def _condition(self, cell: str, now: float, out: Output, *, expire: bool = True) -> None:
-        window = self.cells.values.get(cell)
-        open_ = self.active.values.get(cell) or {}
-        if (
-            not open_
-            and cell not in self.published
-            and cell not in self.maybe_published
-            and (window is None or not window.could_reach(self.min_devices))
-        ):
-            # no sector can have k devices (a cell filling up one device at a time is evaluated
-            # at each new one) and nothing open: nothing to publish, nothing to read
-            self.evaluated_at.pop(cell, None)
-            self.evaluated_n.pop(cell, None)
-            if window is None:
-                self.baselines.evict(cell)
-            return
-        if window is not None and expire:  # O(devices seen): on rescans only
-            self._expire(cell, window, now)
-        lapsed = [i for i, a in open_.items() if a["expires_at"] is not None and a["expires_at"] <= now]
-        for i in lapsed:
-            del open_[i]
-        if lapsed:
-            self.active.mark(cell)
-        prev = self.published.get(cell)
-        stats = window.stats(now) if window is not None else {}
-        if window is not None:
-            self.evaluated_n[cell] = (window.added, sum(s.samples for s in stats.values()))
-        shut = any(a["type"] == "closure" for a in open_.values())  # a closure: level 5
-        free_flow = baseline.free_flow_by_sector(self.baselines.values.get(cell), now)
-        rs = conditions.readings(stats, min_devices=self.min_devices, free_flow=free_flow, closed=shut)
-        incidents = sorted(open_)
-        if prev is not None and conditions.unchanged(prev, rs, incidents, now):
-            return  # not material: nothing to build
-        cond = conditions.build_condition(
-            cell,
-            stats,
-            now=now,
-            version=conditions.next_version(prev["version"] if prev else 0, now),
-            min_devices=self.min_devices,
-            incidents=incidents,
-            closed=shut,
-            sector_readings=rs,
-        )
-        maybe = cell in self.maybe_published
-        if maybe:
-            self.maybe_published.discard(cell)
-        if cond is None:
-            if prev is not None or maybe:
-                out.conditions.append((cell.encode(), None))  # a tombstone: gone from the compacted topic
-                self.published.pop(cell, None)
-            self.evaluated_at.pop(cell, None)
-            self.evaluated_n.pop(cell, None)
-            if window is None or window.is_empty():
-                self.baselines.evict(cell)  # quiet cell: its baseline waits in the table
-            return
-        if conditions.is_material(prev, cond, now):
-            out.conditions.append((cell.encode(), orjson.dumps(cond)))
-            self.published[cell] = cond
-
-    def _learn(self, cell: str, closed: list[tuple[int, dict[int, SectorBucket]]]) -> None:
-        """Fold speed-window buckets that just closed into the cell's free-flow baseline."""
-        part = self.cells.partition_of.get(cell)
-        if part is None:
-            return
-        b = self.baselines.values.get(cell) or self.baselines.get(cell, part)
-        for start, sectors in closed:
-            for sec, bucket in sectors.items():
-                b = baseline.fold(b, sec, bucket.hist, float(start))
-        if b is not None:
-            self.baselines.put(cell, b, part)
 
     def _sweep(self, now: float, out: Output) -> None:
         self.spots.expire(now, stall.QUIET_S)
@@ -594,11 +397,8 @@ class Engine:
         for state in (self.cells, self.baselines, self.devices, self.areas, self.books, self.active):
             state.forget_partitions(kept)
         self.spots.clear()
-        self.adopting = [(p, rows) for p, rows in self.adopting if p in kept]
-        self.maybe_published &= self.cells.values.keys()
         self.stalled &= self.devices.values.keys()
-        self.known = {c: n for c, n in self.known.items() if c in self.cells.values}
-        self.published = {c: v for c, v in self.published.items() if c in self.cells.values}
+        self.pacing.forget(kept)
 
 
 def _check_report(rec: dict[str, Any]) -> None:

@@ -51,7 +51,7 @@ class WorkerMetrics:
         return float(sum(len(v) for v in self.engine.active.values.values()))
 
     def _published(self) -> float:
-        return float(len(self.engine.published))
+        return float(len(self.engine.pacing.published))
 
     def tables(self) -> dict[str, int]:
         """Keys held in memory per table (the hot part of each; the rest waits in RocksDB)."""

@@ -337,7 +337,7 @@ async def healthz(web: Any, request: Any) -> Any:
             "duplicates": engine.duplicates,
             "cells": len(engine.cells.values),
             "devices": len(engine.devices.values),
-            "published": len(engine.published),
+            "published": len(engine.pacing.published),
         }
     )
 
@@ -350,7 +350,7 @@ async def readyz(web: Any, request: Any) -> Any:
     standby, not serving. Speed windows may still be being read (``adopting``).
     """
     ready = bool(assigned) and not app.rebalancing
-    body = {"ready": ready, "partitions": sorted(assigned), "adopting": len(engine.adopting)}
+    body = {"ready": ready, "partitions": sorted(assigned), "adopting": len(engine.pacing.adopting)}
     return web.json(body, status=200 if ready else 503)
 
 

@@ -527,7 +527,7 @@ def test_the_sweep_ticks_only_open_stalls(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_an_overloaded_tick_defers_busy_cells_but_never_news(monkeypatch: pytest.MonkeyPatch) -> None:
     """Re-evaluating published cells stops at the tick's budget; the rest go at the next ticks."""
-    from pipeline import engine as engine_mod
+    from pipeline import pacing
 
     run = Run()
     spots = [geo.destination(LAT, LON, 0.0, 400.0 * i) for i in range(60)]
@@ -537,7 +537,7 @@ def test_an_overloaded_tick_defers_busy_cells_but_never_news(monkeypatch: pytest
     run.tick(0.5)
     cells = [geo.cell(*spot, 9) for spot in spots]
     assert all(run.conditions[c] is not None for c in cells)
-    monkeypatch.setattr(engine_mod, "TICK_BUDGET_S", -1.0)  # always over budget: 16 cells a tick
+    monkeypatch.setattr(pacing, "TICK_BUDGET_S", -1.0)  # always over budget: 16 cells a tick
     for i, spot in enumerate(spots):
         traffic(run, 3, 2.0, *spot, prefix=f"slow{i}-")  # a material change everywhere...
     fresh = geo.destination(LAT, LON, 180.0, 3000.0)

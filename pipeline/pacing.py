@@ -1,0 +1,258 @@
+"""When a cell's condition is evaluated and published: news at once, busy cells paced, sparse ones never read.
+
+A busy city touches thousands of cells a second; evaluating each touched cell on
+every tick would cost more than the pings. So (:meth:`Pacing.due`, every tick):
+
+* a cell not yet published is *news* when a device new to it came and some
+  sector could have k devices (:meth:`CellSpeedWindow.could_reach`); the same
+  devices again cannot publish it, so it waits for the rescan;
+* a published cell is re-evaluated at most every :data:`REEVALUATE_S`, only
+  when at least :data:`REEVALUATE_SHARE` of its window is new, and within
+  :data:`TICK_BUDGET_S` per tick (an overloaded worker refreshes busy cells less
+  often instead of falling behind on pings; news is never budgeted);
+* every cell with k devices seen, every published cell and every cell with an
+  open incident is rescanned every :data:`RESCAN_S`; the others (fewer than k
+  devices, unpublished, nothing open: most cells of a big area) can publish
+  nothing and only expire, in a pass every :data:`SPARSE_RESCAN_S` — a tick's
+  cost follows the busy cells, not the table (1M keys).
+
+A re-evaluation that is not material builds no message (:mod:`pipeline.conditions`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from pipeline import conditions
+from pipeline.cellstate import PartitionedState
+from pipeline.detect import baseline
+from pipeline.speed import CellSpeedWindow, SectorBucket
+
+Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
+
+RESCAN_S = 10.0  # every cell re-evaluated at least this often (issue: ≤ 30 s)
+REEVALUATE_S = 1.0  # a published cell's changes are seen within this (+ a tick)
+# ... once at least this share of its window is new since it was last evaluated. Fewer new
+# samples cannot move a quantile by more than that share of ranks, so they rarely make a
+# material change (15 % of speed); the rescan still evaluates every cell within RESCAN_S.
+REEVALUATE_SHARE = 0.1
+SPARSE_RESCAN_S = 60.0  # expiry of cells that can publish nothing (memory, baseline learning)
+TICK_BUDGET_S = 0.05  # per tick for re-evaluating published cells: the rest waits (news does not)
+ADOPT_BUDGET_S = 0.05  # per tick, reading a (re)assigned partition's stored windows
+
+
+class Pacing:
+    """The conditions side of the engine: which cells to evaluate when, and what was published."""
+
+    def __init__(
+        self,
+        cells: PartitionedState[CellSpeedWindow],
+        baselines: PartitionedState[baseline.CellBaseline],
+        active: PartitionedState[dict[str, dict[str, Any]]],
+        min_devices: int,
+    ) -> None:
+        self.cells, self.baselines, self.active = cells, baselines, active
+        self.min_devices = min_devices
+        self.published: dict[str, dict[str, Any]] = {}
+        self.pending: set[str] = set()  # touched since the last tick
+        self.urgent: set[str] = set()  # an incident opened or ended there: evaluated at the next tick
+        self.evaluated_at: dict[str, float] = {}
+        self.evaluated_n: dict[str, tuple[int, int]] = {}  # cell → (window.added, samples) when evaluated
+        self.known: dict[str, int] = {}  # unpublished cell → devices it had seen when last evaluated
+        self.rescanned_at = 0.0
+        self.sparse_at = 0.0
+        # stored windows of (re)assigned partitions still to read, and cells that may have a
+        # condition on the compacted topic from before (published is in memory only)
+        self.adopting: list[tuple[int, Iterator[tuple[str, CellSpeedWindow]]]] = []
+        self.maybe_published: set[str] = set()
+
+    def due(self, now: float, out: list[Record]) -> None:
+        """The tick: evaluate the cells that are due (see the module docstring); conditions into ``out``."""
+        if self.adopting:
+            self.adopt_windows(now)
+        due = self.pending
+        self.pending = set()
+        rescan = now - self.rescanned_at >= RESCAN_S
+        if rescan:
+            self.rescanned_at = now
+            due |= self.published.keys() | self.active.values.keys()
+            due |= self._rescan_cells(now)
+        busy: list[str] = []
+        if not rescan:
+            due, busy = self._triage(due, now)
+        due |= self.urgent
+        self.urgent = set()
+        for cell in due:
+            self._evaluate(cell, now, out, rescan)
+        deadline = time.perf_counter() + TICK_BUDGET_S
+        for i, cell in enumerate(busy):
+            self._evaluate(cell, now, out, False)
+            if i % 16 == 15 and time.perf_counter() > deadline:
+                self.pending.update(busy[i + 1 :])  # overloaded: the rest at the next tick
+                break
+
+    def forget(self, kept: Iterable[int]) -> None:
+        """After a rebalance (the states already forgot the lost partitions' keys)."""
+        keep = set(kept)
+        cells = self.cells.values
+        self.adopting = [(p, rows) for p, rows in self.adopting if p in keep]
+        self.maybe_published &= cells.keys()
+        self.known = {c: n for c, n in self.known.items() if c in cells}
+        self.published = {c: v for c, v in self.published.items() if c in cells}
+
+    def adopt_windows(self, now: float) -> None:
+        """Read stored windows of (re)assigned partitions for :data:`ADOPT_BUDGET_S` (see Engine.adopt)."""
+        deadline = time.perf_counter() + ADOPT_BUDGET_S
+        while self.adopting:
+            _, rows = self.adopting[0]
+            for n, (cell, window) in enumerate(rows):
+                if len(window.seen) >= self.min_devices:
+                    self.maybe_published.add(cell)  # evaluated at this tick: republished or tombstoned
+                    self.pending.add(cell)
+                self._expire(cell, window, now)  # an emptied window is deleted at the next write-back
+                if n % 64 == 63 and time.perf_counter() > deadline:
+                    return
+            self.adopting.pop(0)
+
+    def _triage(self, due: set[str], now: float) -> tuple[set[str], list[str]]:
+        """Touched cells → (news, evaluated at once; published cells due, within the tick's budget).
+
+        A busy city touches thousands of cells a second. A cell not yet published
+        is news when a device new to it came (it may now reach k in a sector);
+        the same devices again cannot publish it, so it waits for the rescan. A
+        published cell is re-evaluated at most every REEVALUATE_S, and only when
+        enough is new to matter; the rest stays pending.
+        """
+        published, evaluated, counts, known = self.published, self.evaluated_at, self.evaluated_n, self.known
+        windows = self.cells.values
+        news: set[str] = set()
+        later: set[str] = set()
+        busy: list[str] = []
+        for c in due:
+            w = windows.get(c)
+            if c not in published:
+                if w is None or known.get(c) != len(w.seen):
+                    news.add(c)
+                continue
+            if now - evaluated.get(c, 0.0) < REEVALUATE_S:
+                later.add(c)
+                continue
+            n = counts.get(c)
+            if w is not None and n is not None and 0 <= w.added - n[0] < REEVALUATE_SHARE * n[1]:
+                continue  # too little new to matter: left to the rescan
+            busy.append(c)
+        self.pending = later
+        return news, busy
+
+    def _evaluate(self, cell: str, now: float, out: list[Record], rescan: bool) -> None:
+        self.evaluated_at[cell] = now
+        self._condition(cell, now, out, expire=rescan)
+        if cell in self.published:
+            self.known.pop(cell, None)
+        else:
+            w = self.cells.values.get(cell)
+            if w is not None:
+                self.known[cell] = len(w.seen)  # the devices that did not make it publish
+            else:
+                self.known.pop(cell, None)
+
+    def _rescan_cells(self, now: float) -> set[str]:
+        """The cells a rescan evaluates: those with k devices seen; sparse ones only expire."""
+        k, dense = self.min_devices, set()
+        sparse = now - self.sparse_at >= SPARSE_RESCAN_S
+        if sparse:
+            self.sparse_at = now
+        for cell, window in self.cells.values.items():  # no copy: expiring only marks (1M cells: 50 ms)
+            if len(window.seen) >= k:
+                dense.add(cell)
+            elif sparse:
+                self._expire(cell, window, now)
+        if sparse:  # a baseline waits in its table while its cell is quiet (clean ones only)
+            for cell in [c for c in self.known if c not in self.cells.values]:
+                del self.known[cell]
+            for cell in [c for c in self.baselines.values if c not in self.cells.values]:
+                self.baselines.evict(cell)
+        return dense
+
+    def _expire(self, cell: str, window: CellSpeedWindow, now: float) -> None:
+        known = len(window.seen)
+        closed = window.expire(now)
+        if closed or len(window.seen) != known:
+            self.cells.mark(cell)  # only what changed: a rescan must not rewrite every cell's changelog
+        if closed:
+            self._learn(cell, closed)
+
+    def _condition(self, cell: str, now: float, out: list[Record], *, expire: bool = True) -> None:
+        window = self.cells.values.get(cell)
+        open_ = self.active.values.get(cell) or {}
+        if (
+            not open_
+            and cell not in self.published
+            and cell not in self.maybe_published
+            and (window is None or not window.could_reach(self.min_devices))
+        ):
+            # no sector can have k devices (a cell filling up one device at a time is evaluated
+            # at each new one) and nothing open: nothing to publish, nothing to read
+            self.evaluated_at.pop(cell, None)
+            self.evaluated_n.pop(cell, None)
+            if window is None:
+                self.baselines.evict(cell)
+            return
+        if window is not None and expire:  # O(devices seen): on rescans only
+            self._expire(cell, window, now)
+        lapsed = [i for i, a in open_.items() if a["expires_at"] is not None and a["expires_at"] <= now]
+        for i in lapsed:
+            del open_[i]
+        if lapsed:
+            self.active.mark(cell)
+        prev = self.published.get(cell)
+        stats = window.stats(now) if window is not None else {}
+        if window is not None:
+            self.evaluated_n[cell] = (window.added, sum(s.samples for s in stats.values()))
+        shut = any(a["type"] == "closure" for a in open_.values())  # a closure: level 5
+        free_flow = baseline.free_flow_by_sector(self.baselines.values.get(cell), now)
+        rs = conditions.readings(stats, min_devices=self.min_devices, free_flow=free_flow, closed=shut)
+        incidents = sorted(open_)
+        if prev is not None and conditions.unchanged(prev, rs, incidents, now):
+            return  # not material: nothing to build
+        cond = conditions.build_condition(
+            cell,
+            stats,
+            now=now,
+            version=conditions.next_version(prev["version"] if prev else 0, now),
+            min_devices=self.min_devices,
+            incidents=incidents,
+            closed=shut,
+            sector_readings=rs,
+        )
+        maybe = cell in self.maybe_published
+        if maybe:
+            self.maybe_published.discard(cell)
+        if cond is None:
+            if prev is not None or maybe:
+                out.append((cell.encode(), None))  # a tombstone: gone from the compacted topic
+                self.published.pop(cell, None)
+            self.evaluated_at.pop(cell, None)
+            self.evaluated_n.pop(cell, None)
+            if window is None or window.is_empty():
+                self.baselines.evict(cell)  # quiet cell: its baseline waits in the table
+            return
+        if conditions.is_material(prev, cond, now):
+            out.append((cell.encode(), orjson.dumps(cond)))
+            self.published[cell] = cond
+
+    def _learn(self, cell: str, closed: list[tuple[int, dict[int, SectorBucket]]]) -> None:
+        """Fold speed-window buckets that just closed into the cell's free-flow baseline."""
+        part = self.cells.partition_of.get(cell)
+        if part is None:
+            return
+        b = self.baselines.values.get(cell) or self.baselines.get(cell, part)
+        for start, sectors in closed:
+            for sec, bucket in sectors.items():
+                b = baseline.fold(b, sec, bucket.hist, float(start))
+        if b is not None:
+            self.baselines.put(cell, b, part)
