@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from typing import Any
 
 import orjson
@@ -130,3 +131,40 @@ async def test_overflow_and_detach() -> None:
     await asyncio.sleep(0)
     assert sock.writes == [] and cl.wake.is_set()  # its sender closes it with 1013
     assert gone_sock.writes == [] and gone.wake.is_set()  # detached: back to the sender's path
+
+
+class SlowSocket(MemorySocket):
+    """Each write takes 20 ms: passes over it are costly."""
+
+    def write(self, data: bytes) -> None:
+        time.sleep(0.02)
+        super().write(data)
+
+
+async def test_costly_passes_are_spaced_up_to_the_tick_and_join_a_drivers_news() -> None:
+    reg = Registry()
+    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg), tick_s=0.05)
+    h, cheap, costly = Hub(), Client("cheap"), Client("costly")
+    socks = {cheap: MemorySocket(), costly: SlowSocket()}
+    for cl, sock in socks.items():
+        d.attach(cl, sock)  # type: ignore[arg-type]
+        h.add(cl)
+    h.subscribe(cheap, {A: 0})
+    h.on_condition(A, _cond(1, 3.0))
+    await asyncio.sleep(0)
+    h.on_condition(A, _cond(2, 13.0))
+    await asyncio.sleep(0)
+    assert len(socks[cheap].writes) == 2  # a cheap pass: the next one runs at once
+    h.subscribe(costly, {A: 0})
+    await asyncio.sleep(0)  # a 20 ms pass: the next one waits min(tick, 4 × 20 ms) = 50 ms
+    assert len(socks[costly].writes) == 1 and d.spacing == 0.05
+    h.on_alert({"id": "i1", "type": "crash", "state": "opened", "cell": A, "lat": 48.8566, "lon": 2.3522,
+                "heading_deg": 0.0, "confidence": 0.9, "version": 3})  # fmt: skip
+    await asyncio.sleep(0)
+    h.on_condition(A, _cond(4, 3.0))
+    await asyncio.sleep(0)
+    assert len(socks[cheap].writes) == 2  # within the spacing: they wait
+    await asyncio.sleep(0.1)
+    assert [len(s.writes) for s in socks.values()] == [3, 2]
+    for sock in socks.values():  # one write, both news
+        assert [m["type"] for m in frames_of(sock.writes[-1])] == ["alert", "condition"]
