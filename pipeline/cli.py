@@ -171,16 +171,28 @@ def cmd_demo(args: argparse.Namespace, s: Settings) -> int:
     return demo.run(s, duration=args.duration, devices=args.devices)
 
 
+def _seeds(spec: str) -> list[int]:
+    from pipeline.sim.scenario import seeds
+
+    try:
+        return seeds(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def cmd_simulate(args: argparse.Namespace, s: Settings) -> int:
     if args.offline:  # SUMO straight into the engine: the detectors' score in seconds, no stack
         from pipeline.sim import offline
 
-        return offline.main(args.scenario, score_all=args.score, out=args.out)
+        return offline.main(
+            args.scenario, score_all=args.score, out=args.out, seeds=args.seed, duration_s=args.duration
+        )
     if args.synthetic:  # the fast generator without SUMO, against the running stack (throughput)
         from pipeline.sim import synthetic
 
         url = f"http://{s.ingest_host}:{s.ingest_port}"
-        return asyncio.run(synthetic.drive(url, s, devices=args.synthetic, duration=args.duration))
+        duration = 60.0 if args.duration is None else args.duration
+        return asyncio.run(synthetic.drive(url, s, devices=args.synthetic, duration=duration))
     from pipeline.sim import command
 
     return command.main(
@@ -191,6 +203,8 @@ def cmd_simulate(args: argparse.Namespace, s: Settings) -> int:
         out=args.out,
         use_running=args.use_running,
         live=not args.quiet,
+        seeds=args.seed,
+        duration_s=args.duration,
     )
 
 
@@ -290,7 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline", action="store_true", help="no stack: SUMO's pings straight into the engine (detectors only)"
     )
     sim.add_argument("--synthetic", type=int, default=0, metavar="DEVICES", help="no SUMO: N straight-road drivers")
-    sim.add_argument("--duration", type=float, default=60.0, help="--synthetic: seconds (0 = until Ctrl-C)")
+    sim.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="sim seconds instead of each scenario's (events lasting to its end are stretched); "
+        "--synthetic: seconds (default 60, 0 = until Ctrl-C)",
+    )
+    sim.add_argument(
+        "--seed",
+        type=_seeds,
+        action="extend",
+        default=[],
+        metavar="N|A-B|N,M",
+        help="run each scenario once per seed instead of with its own (repeatable)",
+    )
     sim.set_defaults(fn=cmd_simulate)
 
     ta = sub.add_parser("tail", help="follow conditions or alerts")

@@ -14,19 +14,24 @@ import orjson
 from pipeline.settings import Settings
 from pipeline.sim import picture, report, stack
 from pipeline.sim.run import Endpoints, default_say, simulate, stderr_progress
-from pipeline.sim.scenario import Scenario, ScenarioError, load, repo_scenarios
+from pipeline.sim.scenario import Scenario, ScenarioError, load, repo_scenarios, vary
 
 DEFAULT_SCENARIO = "city"
 
 
-def pick(paths: list[str], all_: bool) -> list[Scenario]:
-    """The scenarios named, else every one in the repo (``all_``), else the default one."""
-    if paths:
-        return [load(p) for p in paths]
-    files = repo_scenarios()
-    if all_:
-        return [load(p) for p in files]
-    return [load(p) for p in files if p.stem == DEFAULT_SCENARIO]
+def pick(
+    paths: list[str], all_: bool, seeds: list[int] | None = None, duration_s: float | None = None
+) -> list[Scenario]:
+    """The scenarios named, else every one in the repo (``all_``), else the default one;
+    each once per seed of ``seeds`` (else with its own) and ``duration_s`` long (else its own)."""
+    files = [Path(p) for p in paths] or [p for p in repo_scenarios() if all_ or p.stem == DEFAULT_SCENARIO]
+    each: list[int | None] = list(seeds) if seeds else [None]
+    out = []
+    for f in files:
+        sc = load(f)
+        for seed in each:
+            out.append(sc if seed is None and duration_s is None else vary(sc, seed=seed, duration_s=duration_s))
+    return out
 
 
 def run_one(
@@ -72,12 +77,14 @@ def main(
     out: str | Path,
     use_running: bool = False,
     live: bool = True,
+    seeds: list[int] | None = None,
+    duration_s: float | None = None,
 ) -> int:
     out = Path(out)
     for noisy in ("httpx", "httpcore", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # one line per request drowns the live output
     try:
-        scenarios = pick(paths, all_=score)
+        scenarios = pick(paths, all_=score, seeds=seeds, duration_s=duration_s)
     except ScenarioError as exc:
         print(f"traverz simulate: {exc}", file=sys.stderr)
         return 2

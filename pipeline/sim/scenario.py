@@ -153,3 +153,42 @@ def repo_scenarios(folder: Path | None = None) -> list[Path]:
     """Every scenario file in the repository's ``scenarios/`` folder, sorted."""
     base = folder or Path(__file__).resolve().parents[2] / "scenarios"
     return sorted(base.glob("*.toml"))
+
+
+def seeds(spec: str) -> list[int]:
+    """``--seed`` values: ``7``, ``1-40`` or ``1,5,9`` (ranges inclusive)."""
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi) if sep else int(lo)
+        except ValueError as exc:
+            raise ValueError(f"not a seed, a range A-B or a list: {spec!r}") from exc
+        if last < first:
+            raise ValueError(f"empty seed range: {part!r}")
+        out.extend(range(first, last + 1))
+    return out
+
+
+def vary(sc: Scenario, *, seed: int | None = None, duration_s: float | None = None) -> Scenario:
+    """``sc`` with another seed and/or length (``traverz simulate --seed/--duration``), renamed for its files.
+
+    Another seed is another sample of the same scenario (trips, SUMO's drivers, the phones' GPS
+    error and who reports), so seeds pile up vehicle-hours for a false-alarm bound without a file
+    each. A new length keeps every event's times, except that an event lasting to the scenario's
+    end (a rush-hour burst) lasts to the new end; an event starting after a shorter end is dropped.
+    """
+    name = sc.name
+    if seed is not None:
+        sc, name = replace(sc, seed=seed), f"{name}-s{seed}"
+    if duration_s is not None:
+        old, new = sc.duration_s, float(duration_s)
+        events = tuple(
+            replace(e, duration_s=new - e.at_s) if e.duration_s > 0 and e.ends_s >= old else e
+            for e in sc.events
+            if e.at_s < new
+        )
+        sc, name = replace(sc, duration_s=new, events=events), f"{name}-d{new:.0f}"
+    sc = replace(sc, name=name)
+    _check(sc)
+    return sc

@@ -30,6 +30,7 @@ Pure functions over plain data (the runner gathers it), so every rule here is un
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +241,26 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool | None]:
     faster = result["reroute"]["faster"]
     out["reroute"] = None if faster is None else faster >= REROUTE_TARGET
     return out
+
+
+def poisson_upper(k: int, confidence: float = 0.95) -> float:
+    """The upper bound on a Poisson mean after ``k`` events: P(≤ k | mean) = 1 − confidence.
+
+    For k = 0 it is −ln(0.05) ≈ 3.0 (the rule of three); bisection on the Poisson CDF, no SciPy.
+    """
+
+    def cdf(mean: float) -> float:
+        term = total = math.exp(-mean)
+        for i in range(1, k + 1):
+            term *= mean / i
+            total += term
+        return total
+
+    lo, hi = 0.0, 10.0 + 10.0 * k
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 1.0 - confidence else (lo, mid)
+    return hi
 
 
 def merged(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pipeline.sim.score import (
     Truth,
     Upstream,
     merged,
+    poisson_upper,
     quantile,
     score,
     verdicts,
@@ -128,3 +129,10 @@ def test_quantile_and_merged_totals() -> None:
     m = merged([a, b])
     assert m["detection"]["crash"]["incidents"] == 2 and m["detection"]["crash"]["detected"] == 1
     assert m["false_alarms"] == 1 and m["per_1000_vh"] == pytest.approx(5.0)
+
+
+def test_poisson_upper_bound_is_the_rule_of_three_at_zero_events() -> None:
+    assert poisson_upper(0) == pytest.approx(2.996, abs=1e-3)  # −ln 0.05
+    assert poisson_upper(1) == pytest.approx(4.744, abs=1e-3)  # the chi-square table's values
+    assert poisson_upper(2) == pytest.approx(6.296, abs=1e-3)
+    assert poisson_upper(0, confidence=0.9) == pytest.approx(2.303, abs=1e-3)
