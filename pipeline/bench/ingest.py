@@ -162,6 +162,15 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _flush_counters(base_url: str) -> tuple[float, float]:
+    """(pings requests answered, coalesced flushes) so far, from the proxy's /metrics."""
+    text = httpx.get(f"{base_url}/metrics", timeout=5).text
+    series = re.findall(r'^traverz_ingest_requests_total\{[^}]*route="pings"[^}]*\} (\S+)', text, re.M)
+    requests = sum(float(v) for v in series)
+    flushes = re.search(r"^traverz_ingest_flushes_total (\S+)", text, re.M)
+    return requests, float(flushes.group(1)) if flushes else float("nan")
+
+
 def _wait(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -211,12 +220,18 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
         _wait(f"http://127.0.0.1:{bare_port}/")
         for script in scripts.values():  # warm-up: JIT-free, but caches, connections, metadata
             run_wrk(f"http://127.0.0.1:{ingest_port}/v1/pings", script, 3, connections)
+        per_flush: dict[str, list[float]] = {}  # requests a coalesced flush carried, per peak run
         for _ in range(rounds):
             for name, script in scripts.items():
                 for target, port in (("traverz", ingest_port), ("bare", bare_port)):
                     url = f"http://127.0.0.1:{port}/v1/pings"
+                    if target == "traverz":
+                        req0, fl0 = _flush_counters(f"http://127.0.0.1:{port}")
                     r = measured(functools.partial(run_wrk, url, script, seconds, connections), pids[target], broker)
                     results.setdefault(name, {}).setdefault(target, []).append(r)
+                    if target == "traverz":
+                        req1, fl1 = _flush_counters(f"http://127.0.0.1:{port}")
+                        per_flush.setdefault(name, []).append(round((req1 - req0) / max(1.0, fl1 - fl0), 1))
         summary: dict[str, dict[str, object]] = {}
         for name, per in results.items():
             med = {t: statistics.median(r.rps for r in rs) for t, rs in per.items()}
@@ -235,6 +250,7 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
                 "broker_cpu_us_per_req": statistics.median(r.broker_cpu_us_per_req for r in per["traverz"]),
                 "traverz_non2xx": sum(r.non2xx for r in per["traverz"]),
                 "traverz_p99_ms_at_peak": statistics.median(r.p99_ms for r in per["traverz"]),
+                "requests_per_flush_at_peak": per_flush.get(name, []),
             }
         # p99 at half the peak rate: each connection waits a random, exponentially distributed think
         # time (wrk's delay(), on top of the response time) between requests, so arrivals are close
