@@ -26,6 +26,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka.errors import ProducerClosed
 from faust.types import TP
 
 from pipeline import pings
@@ -263,12 +264,19 @@ heap = Heap()
 @app.timer(PUBLISH_INTERVAL_S)  # type: ignore[untyped-decorator]
 async def publish() -> None:
     """Conditions of the cells that changed (material change, else a heartbeat at most every 60 s)."""
+    if app.stopping:
+        return  # the producer is closing: nothing acknowledged depends on this tick
     heap.tick()
     now = time.time()
-    if now - held.released_at >= FLUSH_S:
-        await held.release(now)
-    await _refetch_skipped()
-    await ship(engine.tick(now))
+    try:
+        if now - held.released_at >= FLUSH_S:
+            await held.release(now)
+        await _refetch_skipped()
+        await ship(engine.tick(now))
+    except ProducerClosed:
+        if not app.stopping:
+            raise
+        # a tick that began just before the stop (a crash report otherwise, and exit code 1)
 
 
 assigned: set[int] = set()  # partitions of the pings/reports topics this worker owns now

@@ -49,6 +49,7 @@ import time
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 from mode.utils.queues import ThrowableQueue
@@ -82,8 +83,32 @@ class SourceTopic(faust.Topic):
         return queue
 
 
+FETCH_MAX_WAIT_MS = 100
+
+
+class QuickFetchThread(AIOKafkaConsumerThread):
+    """faust's consumer thread with a 100-ms fetch wait instead of the hard-coded 1,500 ms.
+
+    With 1,500 ms a record could wait that long at the broker: a fetch stays open
+    until data arrives for one of the partitions *it asked for*, and those are
+    only the partitions with nothing buffered at the time; a record landing in
+    another one waits for that fetch to come back empty-handed. Measured with
+    the latency probes of ``traverz bench stream`` at 5,000 pings/s: produce →
+    processed 1.2–1.7 s with the worker 57 % idle. A shorter wait costs an empty
+    fetch per 100 ms when idle.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its Fetcher when it starts
+        return consumer
+
+
 class StrictCommitConsumer(AIOKafkaConsumer):
     """Commits only runs of acknowledged offsets that start at the committed offset."""
+
+    def _new_consumer_thread(self) -> QuickFetchThread:
+        return QuickFetchThread(self, loop=self.loop, beacon=self.beacon)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
