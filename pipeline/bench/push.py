@@ -38,7 +38,6 @@ from pipeline.settings import TOPIC_CONDITIONS, Settings
 FANOUT = 100  # drivers per spot; each condition reaches about this many
 CLIENT_PROCS = 2  # client processes sharing the drivers (one would be the bottleneck before the server)
 WARMUP_S = 1.0  # after 'go', before counting: the producer and the consumer get going
-SAMPLE_EVERY = 40  # one frame in this many has its latency read
 SPOT_LAT, SPOT_LON = 52.3000, 13.9000  # away from every test's and the demo's cells
 SPEED_MPS = 10.0  # the drivers' speed: a cone of ~20 cells
 # Cells updated per spot, in turn: 10 news/s per driver are 10 cells' once a second each — not
@@ -97,6 +96,16 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def hist_pct(hist: list[int], q: float) -> float:
+    """The ``q`` quantile (ms) of a per-millisecond histogram."""
+    total, seen = sum(hist), 0
+    for ms, k in enumerate(hist):
+        seen += k
+        if total and seen > q * total:
+            return float(ms)
+    return float("nan")
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -112,7 +121,7 @@ async def run_clients(ports: list[int], clients: int, part: int, parts: int, sec
     round, on 'go PORT' count for ``seconds`` after ``WARMUP_S`` and on 'end' report (window counts,
     frames from that server since 'go', CPU seconds); any other line ends it."""
     raise_fd_limit()
-    tally = wsclient.Tally(SAMPLE_EVERY)
+    tally = wsclient.Tally()
     loop = asyncio.get_running_loop()
     conns: dict[int, list[wsclient.WsClient]] = {port: [] for port in ports}
     places = spots(clients)
@@ -130,7 +139,7 @@ async def run_clients(ports: list[int], clients: int, part: int, parts: int, sec
     print(json.dumps({"ready": min(len(c) for c in conns.values())}), flush=True)
     while (line := (await loop.run_in_executor(None, sys.stdin.readline)).split())[:1] == ["go"]:
         these = conns[int(line[1])]
-        tally.frames, tally.latencies = 0, []
+        tally.reset()
         texts0 = sum(c.texts for c in these)
         await asyncio.sleep(WARMUP_S)
         cpu0, t0 = _cpu_s(), time.monotonic()
@@ -141,7 +150,7 @@ async def run_clients(ports: list[int], clients: int, part: int, parts: int, sec
         await loop.run_in_executor(None, sys.stdin.readline)
         closed, since_go = sum(1 for c in these if c.closed.done()), sum(c.texts for c in these) - texts0
         print(json.dumps({"received": tally.frames, "seconds": elapsed, "cpu_s": cpu, "closed": closed,
-                          "all_since_go": since_go, "lat": tally.latencies}), flush=True)  # fmt: skip
+                          "all_since_go": since_go, "hist": tally.hist}), flush=True)  # fmt: skip
     for c in (c for cs in conns.values() for c in cs):
         if c.transport is not None:
             c.transport.abort()
@@ -294,13 +303,14 @@ def _results(procs: list[subprocess.Popen[str]], offered: float) -> dict[str, An
     for proc in procs:
         assert proc.stdout is not None
         rs.append(json.loads(proc.stdout.readline()))
-    lat = [x for r in rs for x in r["lat"]]
+    hist = [sum(col) for col in zip(*(r["hist"] for r in rs), strict=True)]
     received, seconds = sum(r["received"] for r in rs), max(r["seconds"] for r in rs)
     return {"msgs_per_s": received / seconds, "offered_msgs_per_s": offered, "received": received,
             "window_s": seconds, "received_since_go": sum(r["all_since_go"] for r in rs),
             "clients_closed": sum(r["closed"] for r in rs), "client_cpu_s": sum(r["cpu_s"] for r in rs),
-            "latency_p50_ms": pct(lat, 0.5) * 1000, "latency_p99_ms": pct(lat, 0.99) * 1000,
-            "latency_max_ms": max(lat, default=float("nan")) * 1000, "latency_samples": len(lat)}  # fmt: skip
+            "latency_p50_ms": hist_pct(hist, 0.5), "latency_p99_ms": hist_pct(hist, 0.99),
+            "latency_max_ms": max((ms for ms, k in enumerate(hist) if k), default=float("nan")),
+            "latency_samples": sum(hist)}  # fmt: skip
 
 
 def _quit(procs: list[subprocess.Popen[str]]) -> None:
@@ -327,12 +337,12 @@ def _settled(push_port: int, timeout: float = 60.0) -> float:
     return now
 
 
-def _sent(push_port: int) -> float:
-    """The push worker's own count of messages written (traverz_push_messages_sent_total)."""
+def _sent(push_port: int, name: str = "traverz_push_messages_sent_total") -> float:
+    """The push worker's own count of messages written (or of ``name``, another counter of it)."""
     import httpx
 
     for line in httpx.get(f"http://127.0.0.1:{push_port}/metrics").text.splitlines():
-        if line.startswith("traverz_push_messages_sent_total"):
+        if line.startswith(name):
             return float(line.split()[-1])
     return 0.0
 
@@ -420,11 +430,14 @@ def _push_round(
     s: Settings, cl: list[subprocess.Popen[str]], port: int, pid: int, clients: int, rate: float, seconds: float
 ) -> dict[str, Any]:
     sent0, cpu0, user0, m0 = _sent(port), _cpu_s(pid), _cpu_s(pid, kernel=False), _machine(cl)
+    writes0 = _sent(port, "traverz_push_socket_writes_total")
     _tell(cl, f"go {port}")
     produced = asyncio.run(_produce(s, clients, rate, WARMUP_S + seconds + 0.5))
     sent1 = _settled(port)  # a worker behind is still writing: both counts once it is done
     r = _results(cl, rate * FANOUT)
     r["server_sent_since_go"] = sent1 - sent0
+    writes = _sent(port, "traverz_push_socket_writes_total") - writes0  # 0: a worker without that counter
+    r["frames_per_write"] = (sent1 - sent0) / writes if writes else float("nan")
     r["server_cpu_s"] = _cpu_s(pid) - cpu0
     r["server_user_cpu_s"] = _cpu_s(pid, kernel=False) - user0
     r["conditions_per_s"] = produced["conditions_per_s"]
@@ -487,7 +500,8 @@ def _print(out: dict[str, Any]) -> None:
           f"{_each(out['bare_rounds'], 'others_cores', 1.0, '', 2):>16s}   (others' work + broker)")  # fmt: skip
     print(f"{'clients closed':28s}{p['clients_closed']:14.0f}{b['clients_closed']:16.0f}")
     sent, got = p["server_sent_since_go"], p["received_since_go"]
-    print(f"push worker wrote {sent:,.0f} messages after 'go' (median round), its clients got {got:,.0f}")
+    print(f"push worker wrote {sent:,.0f} messages after 'go' (median round), its clients got {got:,.0f}; "
+          f"frames per socket write {_each(out['push_rounds'], 'frames_per_write', 1.0, '', 2)}")  # fmt: skip
     print(f"memory per driver: {out['bytes_per_driver'] / 1024:.1f} KiB (push RSS {out['push_rss_mb']:.0f} MB)")
     print(f"load average before/after: {out['load_before'][0]:.1f} / {out['load_after'][0]:.1f} on {out['cpus']} CPUs")
     print(

@@ -5,9 +5,9 @@ client the ``websockets`` library would not give: one that stops reading with a 
 receive buffer. It speaks just enough RFC 6455: the upgrade, masked text frames out,
 unmasked frames in (server frames are never masked), close frames.
 
-``Tally`` is the load client's side: frames are counted from their headers only, and one
-frame in ``sample_every`` has its ``updated_at`` read for the latency (a JSON decode of
-every frame would make the client, not the server, the bottleneck).
+``Tally`` is the load client's side: frames are found from their headers only, and each
+one's ``updated_at`` is read with a byte search (no JSON decode, which would make the
+client, not the server, the bottleneck) into a per-millisecond histogram.
 """
 
 from __future__ import annotations
@@ -50,24 +50,19 @@ def upgrade_request(host: str, port: int, path: str, token: str) -> bytes:
 
 
 class Tally:
-    """Text frames received by every connection of a process, and sampled latencies (s)."""
+    """Text frames received by every connection of a process, and the published → received latency
+    of every one of them: ``hist[ms]`` counts frames by whole milliseconds (the last bucket: that or more)."""
 
-    def __init__(self, sample_every: int = 50) -> None:
+    MAX_MS = 10_000
+
+    def __init__(self) -> None:
         self.on = False
         self.frames = 0
-        self.sample_every = sample_every
-        self.countdown = sample_every
-        self.latencies: list[float] = []
+        self.hist = [0] * (self.MAX_MS + 1)
 
-    def sample(self, payload: bytes) -> None:
-        """published → received of one frame: its ``updated_at`` (stamped at publish) against now."""
-        i = payload.find(b'"updated_at":')
-        if i >= 0:
-            j = i + 13
-            k = j
-            while k < len(payload) and payload[k] in b"0123456789.eE+-":
-                k += 1
-            self.latencies.append(time.time() - float(payload[j:k]))
+    def reset(self) -> None:
+        self.frames = 0
+        self.hist = [0] * (self.MAX_MS + 1)
 
 
 class WsClient(asyncio.Protocol):
@@ -138,10 +133,14 @@ class WsClient(asyncio.Protocol):
         self.buf = buf[pos:]
 
     def _count(self, buf: bytes) -> None:
-        """Headers only: skip from frame to frame, count text frames, sample the first one of a read."""
+        """Skip from frame to frame by the headers, count text frames, and while counting read each one's
+        ``updated_at`` (stamped when it was published) against the time of this read."""
         tally = self.tally
         assert tally is not None
-        pos, size, n, first = 0, len(buf), 0, (0, 0)
+        on, hist, top = tally.on, tally.hist, tally.MAX_MS
+        now_ms = time.time() * 1000.0
+        find = buf.find
+        pos, size, n = 0, len(buf), 0
         while size - pos >= 2:
             ln, hdr = buf[pos + 1], 2
             if ln == 126:
@@ -157,9 +156,12 @@ class WsClient(asyncio.Protocol):
                 break
             opcode = buf[pos] & 0x0F
             if opcode == OP_TEXT:
-                if not n:
-                    first = (pos + hdr, end)
                 n += 1
+                if on and (i := find(b'"updated_at":', pos + hdr, end)) >= 0:
+                    j = i + 13
+                    k = find(b",", j, end)
+                    ms = int(now_ms - float(buf[j : k if k >= 0 else end - 1]) * 1000.0)
+                    hist[ms if 0 <= ms < top else (top if ms >= top else 0)] += 1
             elif opcode == OP_PING and self.transport is not None:  # unanswered, uvicorn closes after 20 s
                 self.transport.write(client_frame(bytes(buf[pos + hdr : end]), OP_PONG))
             elif opcode == OP_CLOSE and not self.closed.done():
@@ -167,12 +169,8 @@ class WsClient(asyncio.Protocol):
             pos = end
         self.buf = buf[pos:] if pos < size else b""
         self.texts += n
-        if n and tally.on:
+        if on:
             tally.frames += n
-            tally.countdown -= n
-            if tally.countdown <= 0:  # the oldest frame of this read: the conservative one
-                tally.countdown += tally.sample_every
-                tally.sample(buf[first[0] : first[1]])
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.upgraded.done():
