@@ -28,13 +28,14 @@ from pipeline.push.delivery import DeliveryLatency
 from pipeline.push.frames import RawSocket
 from pipeline.push.hub import BURST, Client, Message
 
+_TEXT, _FRAME = itemgetter("text"), itemgetter("frame")
+
 
 def joined(batch: list[Message]) -> bytes:
     """The frames of a batch as one write (one frame per message)."""
-    return b"".join(m["frame"] for m in batch)
+    return b"".join(map(_FRAME, batch))
 
 
-_TEXT = itemgetter("text")
 # A busy worker's passes take at most about 1/PASS_SPACING of its time (below the tick): at
 # the bench's 100k messages/s that reaches the tick, and a driver's ~10 news/s go out in ~2
 # writes instead of 10; a pass for a handful of drivers costs microseconds and waits for none.
@@ -58,8 +59,10 @@ class Dispatcher:
         latency: DeliveryLatency,
         tick_s: float = 0.0,
         wake: Callable[[Client], None] | None = None,
+        writes: Counter | None = None,
     ) -> None:
         self.delivered = delivered
+        self.writes = writes  # socket writes by the passes (each of one or more frames)
         self.wake = wake or _set_wake
         self.latency = latency
         self.tick_s = tick_s
@@ -97,7 +100,7 @@ class Dispatcher:
             self.last_pass = asyncio.get_running_loop().time()
         ready, self.ready = self.ready, []
         now = time.monotonic()
-        sockets, wake, sent = self.sockets, self.wake, list[Message]()
+        sockets, wake, sent, writes = self.sockets, self.wake, list[Message](), 0
         for client in ready:
             client.notified = False
             sock = sockets.get(client)
@@ -116,22 +119,22 @@ class Dispatcher:
             k = len(outbox)
             if k <= tokens + 1e-9:
                 client.tokens = tokens - k
-                if k == 1:
-                    for msg in outbox.values():
-                        sock.write(msg["frame"])
-                        sent.append(msg)
-                else:
-                    batch = list(outbox.values())
-                    sock.write(joined(batch))
-                    sent += batch
-                outbox.clear()
+                if k:  # (its sender may have taken it all meanwhile)
+                    msgs = outbox.values()
+                    sock.write(next(iter(msgs))["frame"] if k == 1 else b"".join(map(_FRAME, msgs)))
+                    sent += msgs
+                    outbox.clear()
+                    writes += 1
                 continue
             client.tokens, client.refilled = tokens, now
             batch = client.take(now)  # rate-limited: what the tokens allow, oldest first
             if batch:
                 sock.write(joined(batch))
                 sent += batch
+                writes += 1
             wake(client)  # its sender paces the rest
+        if writes and self.writes is not None:
+            self.writes.inc(writes)
         if sent:
             self.delivered.inc(len(sent))
             # counted in C: one latency observation per update, weighted by its drivers

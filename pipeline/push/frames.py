@@ -17,6 +17,7 @@ ASGI send.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -40,11 +41,13 @@ def text_frame(payload: bytes) -> bytes:
 class RawSocket:
     """The transport of one accepted WebSocket, for pre-encoded frames."""
 
-    __slots__ = ("proto", "transport")
+    __slots__ = ("proto", "transport", "write")
 
     def __init__(self, proto: Any) -> None:
         self.proto = proto
         self.transport = proto.transport
+        # ``write(data)``: the transport's own, bound once (a C call per write, no Python frame)
+        self.write: Callable[[bytes], None] = proto.transport.write
 
     def open(self) -> bool:
         """Frames may still be written: no close sent or received, transport not closing."""
@@ -53,10 +56,11 @@ class RawSocket:
 
     def ready(self) -> bool:
         """Open and under the high-water mark: a write now goes out without growing a backlog."""
-        p, t = self.proto, self.transport
-        # An empty buffer (the common case, checked in C) is under any mark; else ask uvicorn's flow control.
-        return (t.get_write_buffer_size() == 0 or bool(p.writable.is_set())) and not (
-            p.close_sent or p.disconnected or t.is_closing()
+        t = self.transport
+        # An empty buffer (the common case, checked in C) is under any mark; else ask uvicorn's flow
+        # control. A lost connection's transport is closing too (uvicorn's ``disconnected``).
+        return (t.get_write_buffer_size() == 0 or bool(self.proto.writable.is_set())) and not (
+            self.proto.close_sent or t.is_closing()
         )
 
     def writable(self) -> bool:
@@ -65,9 +69,6 @@ class RawSocket:
 
     async def wait_writable(self) -> None:
         await self.proto.writable.wait()
-
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
 
 
 def raw_socket(ws: WebSocket) -> RawSocket | None:

@@ -66,6 +66,7 @@ class PushService:
         m.gauge("traverz_push_connections", "connected drivers", lambda: float(len(self.hub.clients)))
         m.gauge("traverz_push_cells_known", "cells with a current condition", lambda: float(len(self.hub.conditions)))
         self.delivered = m.counter("traverz_push_messages_sent_total", "messages written to sockets")
+        self.writes = m.counter("traverz_push_socket_writes_total", "socket writes by delivery passes (1+ frames each)")
         self.dropped = m.counter("traverz_push_clients_dropped_total", "clients disconnected, by reason")
         self.reroutes = m.counter("traverz_push_reroutes_total", "reroute suggestions sent")
         self.delivery = DeliveryLatency(m)  # updated_at → socket (pipeline/push/delivery.py)

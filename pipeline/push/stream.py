@@ -89,7 +89,8 @@ class StreamEndpoint:
         self.sending_since: dict[Client, float] = {}
         self.senders: dict[Client, asyncio.Task[None]] = {}
         self.conns: dict[Client, tuple[WebSocket, RawSocket]] = {}
-        self.dispatch = Dispatcher(svc.delivered, svc.delivery, svc.s.push_tick_ms / 1000.0, wake=self.wake)
+        tick_s = svc.s.push_tick_ms / 1000.0
+        self.dispatch = Dispatcher(svc.delivered, svc.delivery, tick_s, wake=self.wake, writes=svc.writes)
         self.heap = HeapKeeper()  # pipeline/push/heap.py: full GC collections off the drivers' objects
 
     async def keep_heap(self) -> None:

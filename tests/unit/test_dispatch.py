@@ -143,7 +143,7 @@ class SlowSocket(MemorySocket):
 
 async def test_costly_passes_are_spaced_up_to_the_tick_and_join_a_drivers_news() -> None:
     reg = Registry()
-    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg), tick_s=0.05)
+    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg), tick_s=0.05, writes=reg.counter("w", "w"))
     h, cheap, costly = Hub(), Client("cheap"), Client("costly")
     socks = {cheap: MemorySocket(), costly: SlowSocket()}
     for cl, sock in socks.items():
@@ -168,3 +168,4 @@ async def test_costly_passes_are_spaced_up_to_the_tick_and_join_a_drivers_news()
     assert [len(s.writes) for s in socks.values()] == [3, 2]
     for sock in socks.values():  # one write, both news
         assert [m["type"] for m in frames_of(sock.writes[-1])] == ["alert", "condition"]
+    assert d.writes is not None and d.writes.get() == 5 and d.delivered.get() == 7  # frames per write counted
