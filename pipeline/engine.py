@@ -303,8 +303,17 @@ class Engine:
             traffic, ff = self._crash_context(area or crash.CrashArea(key), home, sec, now)
             reports = self._crash_reports(key7, fact.lat, fact.lon, partition)
             standing = self.spots.standing(area.vehicles) if area is not None else None
+            candidate = area.crash.device if area is not None and area.crash is not None else fact.device
             area, events = crash.step(
-                area, fact, now, cell=key, traffic_mps=traffic, free_flow_mps=ff, reports=reports, standing=standing
+                area,
+                fact,
+                now,
+                cell=key,
+                traffic_mps=traffic,
+                free_flow_mps=ff,
+                reports=reports,
+                standing=standing,
+                queue_tail=self.spots.queue_tail(candidate),
             )
             self.areas.put(key, area, partition)
             for ev in events:
@@ -364,7 +373,10 @@ class Engine:
             key7 = geo.parent(key, self.key_res)
             reports = self._crash_reports(key7, area.crash.lat, area.crash.lon, part) if area.crash else 0
             standing = self.spots.standing(area.vehicles) if area.crash else None
-            events = crash.tick(area, now, traffic_mps=traffic, free_flow_mps=ff, reports=reports, standing=standing)
+            tail = self.spots.queue_tail(area.crash.device) if area.crash else False
+            events = crash.tick(
+                area, now, traffic_mps=traffic, free_flow_mps=ff, reports=reports, standing=standing, queue_tail=tail
+            )
             for ev in events:
                 self._emit(ev, key7, part, out)
                 self._corroborate(key7, ev, part, now, out)

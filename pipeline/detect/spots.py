@@ -166,6 +166,10 @@ class Spots:
         return Around(len(spot.passers), self._queued(spot), spot.usual)
 
     def _queued(self, spot: Spot) -> bool:
+        return self._ahead(spot) is not None
+
+    def _ahead(self, spot: Spot) -> Spot | None:
+        """A device standing just ahead of ``spot`` (see ``queued``), if any."""
         lo, hi = QUEUE_AHEAD_M
         for c in spot.cells:
             for other in self.by_cell.get(c, {}).values():
@@ -173,8 +177,19 @@ class Spots:
                     continue
                 along, aside = offset(spot, other.lat, other.lon)
                 if lo <= along <= hi and aside <= QUEUE_ASIDE_M:
-                    return True
-        return False
+                    return other
+        return None
+
+    def queue_tail(self, device: str) -> bool:
+        """The device stands behind one that itself stands behind another: the tail of a queue.
+
+        Two vehicles that collided stand one behind the other; a third ahead of them in
+        the same line is a queue (a red light, a junction spilling back) that the last one
+        braked into.
+        """
+        spot = self.by_device.get(device)
+        first = self._ahead(spot) if spot is not None else None
+        return first is not None and self._ahead(first) is not None
 
     def _usual(self, device: str, lat: float, lon: float, heading: float, since_ts: float) -> bool:
         before: set[str] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -295,3 +296,14 @@ def test_no_crash_from_vehicles_that_never_stood(tracks: list[list[float]], traf
     road = Road()
     pings = [track(f"dev-{i}", speeds) for i, speeds in enumerate(tracks)]
     assert road.drive(*pings, traffic=traffic, reports=n) == []
+
+
+def test_braking_into_the_tail_of_a_queue_is_left_to_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same scene whose candidate stands behind a line of two: its second vehicle is the queue."""
+    from functools import partial
+
+    monkeypatch.setattr(crash, "step", partial(crash.step, queue_tail=True))
+    road = Road()
+    assert road.drive(*crash_scene(), traffic=JAMMED) == []
+    reported = Road()
+    assert [e.state for e in reported.drive(*crash_scene(), traffic=JAMMED, reports=1)][:1] == ["opened"]

@@ -120,3 +120,13 @@ def test_quiet_spots_are_lifted_history_pruned_and_clear_forgets_all() -> None:
     t = standing()
     t.clear()
     assert t.around("stuck") is None and t.history == {} and t.by_cell == {}
+
+
+def test_queue_tail_needs_a_line_of_two_ahead() -> None:
+    """Two stopped one behind the other (a rear-end crash) is no queue; a third ahead of them is."""
+    s = standing()
+    s.place("hit", *at(8.0), EAST, T0, T0)
+    assert not s.queue_tail("stuck") and not s.queue_tail("hit")
+    s.place("first", *at(16.0), EAST, T0 - 30, T0)
+    assert s.queue_tail("stuck") and not s.queue_tail("hit")
+    assert not s.queue_tail("nobody")
