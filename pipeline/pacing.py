@@ -11,7 +11,8 @@ every tick would cost more than the pings. So (:meth:`Pacing.due`, every tick):
   :data:`TICK_BUDGET_S` per tick (an overloaded worker refreshes busy cells less
   often instead of falling behind on pings; news is never budgeted);
 * every cell with k devices seen, every published cell and every cell with an
-  open incident is rescanned every :data:`RESCAN_S`; the others (fewer than k
+  open incident is rescanned once every :data:`RESCAN_S`, a share at each tick
+  (:meth:`Pacing._rescan_due`); the others (fewer than k
   devices, unpublished, nothing open: most cells of a big area) can publish
   nothing and only expire, in a pass every :data:`SPARSE_RESCAN_S` — a tick's
   cost follows the busy cells, not the table (1M keys).
@@ -34,12 +35,13 @@ from pipeline.speed import CellSpeedWindow, SectorBucket
 
 Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
 
-RESCAN_S = 10.0  # every cell re-evaluated at least this often (issue: ≤ 30 s)
+RESCAN_S = 10.0  # every cell re-evaluated once a period of this: ≤ 2 periods apart (issue: ≤ 30 s)
 REEVALUATE_S = 1.0  # a published cell's changes are seen within this (+ a tick)
 # ... once at least this share of its window is new since it was last evaluated. Fewer new
 # samples cannot move a quantile by more than that share of ranks, so they rarely make a
 # material change (15 % of speed); the rescan still evaluates every cell within RESCAN_S.
 REEVALUATE_SHARE = 0.1
+RESCAN_SLICES = 20  # a rescan is worked through in about this many ticks (RESCAN_S / tick)
 SPARSE_RESCAN_S = 60.0  # expiry of cells that can publish nothing (memory, baseline learning)
 TICK_BUDGET_S = 0.05  # per tick for re-evaluating published cells: the rest waits (news does not)
 ADOPT_BUDGET_S = 0.05  # per tick, reading a (re)assigned partition's stored windows
@@ -63,7 +65,11 @@ class Pacing:
         self.evaluated_at: dict[str, float] = {}
         self.evaluated_n: dict[str, tuple[int, int]] = {}  # cell → (window.added, samples) when evaluated
         self.known: dict[str, int] = {}  # unpublished cell → devices it had seen when last evaluated
-        self.rescanned_at = 0.0
+        # the rolling rescan: the cells it covers this period, from when, and how far it got
+        self.rescan: list[str] = []
+        self.rescan_from = 0.0
+        self.rescan_done = 0
+        self.ticked_at = 0.0
         self.sparse_at = 0.0
         # stored windows of (re)assigned partitions still to read, and cells that may have a
         # condition on the compacted topic from before (published is in memory only)
@@ -74,26 +80,44 @@ class Pacing:
         """The tick: evaluate the cells that are due (see the module docstring); conditions into ``out``."""
         if self.adopting:
             self.adopt_windows(now)
-        due = self.pending
-        self.pending = set()
-        rescan = now - self.rescanned_at >= RESCAN_S
-        if rescan:
-            self.rescanned_at = now
-            due |= self.published.keys() | self.active.values.keys()
-            due |= self._rescan_cells(now)
-        busy: list[str] = []
-        if not rescan:
-            due, busy = self._triage(due, now)
+        due, busy = self._triage(self.pending, now)
         due |= self.urgent
         self.urgent = set()
+        rescan = self._rescan_due(now)
+        due.difference_update(rescan)
+        for cell in rescan:
+            self._evaluate(cell, now, out, True)
         for cell in due:
-            self._evaluate(cell, now, out, rescan)
+            self._evaluate(cell, now, out, False)
         deadline = time.perf_counter() + TICK_BUDGET_S
         for i, cell in enumerate(busy):
             self._evaluate(cell, now, out, False)
             if i % 16 == 15 and time.perf_counter() > deadline:
                 self.pending.update(busy[i + 1 :])  # overloaded: the rest at the next tick
                 break
+
+    def _rescan_due(self, now: float) -> list[str]:
+        """The rolling rescan's share of this tick: the cells whose turn came since the last tick.
+
+        Every :data:`RESCAN_S` a list of the cells to rescan is taken and worked
+        through in proportion to the time passed, so a tick does a
+        ``tick/RESCAN_S`` share of it: all at once stopped the loop for ~0.5 s every
+        10 s at 20,000 pings/s. Each cell still comes up once a period (so at most two
+        periods apart: its place in the list moves); a tick after a whole period
+        without one (a stopped loop, a test's clock) rescans everything.
+        """
+        cells: list[str] = []
+        if now - self.rescan_from >= RESCAN_S or now - self.ticked_at >= RESCAN_S:
+            cells = self.rescan[self.rescan_done :]  # what the last period did not get to
+            self.rescan = list(self.published.keys() | self.active.values.keys() | self._rescan_cells(now))
+            self.rescan_from, self.rescan_done = now, 0
+        whole = now - self.ticked_at >= RESCAN_S
+        self.ticked_at = now
+        n = len(self.rescan)
+        upto = n if whole else min(n, int(n * (now - self.rescan_from) / RESCAN_S) + n // RESCAN_SLICES + 1)
+        cells += self.rescan[self.rescan_done : upto]
+        self.rescan_done = max(self.rescan_done, upto)
+        return cells
 
     def forget(self, kept: Iterable[int]) -> None:
         """After a rebalance (the states already forgot the lost partitions' keys)."""

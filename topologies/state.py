@@ -11,7 +11,7 @@ in ``aiokafka`` record batches. Faust still owns the tables' life: changelog
 topics, recovery on assignment, standby replicas.
 
 Every batch sent (changelog, alerts, conditions, dead letters) leaves a
-delivery future; :meth:`Outbox.delivered` awaits them all, and the agent
+delivery future; :meth:`Outbox.confirm` awaits them, and the agent
 acknowledges its records only after that — so a committed offset never runs
 ahead of the state in the changelog. It also records each changelog
 partition's last offset as the store's persisted offset, as faust's own
@@ -69,12 +69,16 @@ class ChangelogTable:
         return name
 
 
+# a batch sent: its delivery, its changelog table (None: an output topic), partition, records
+Pending = tuple[asyncio.Future[Any], ChangelogTable | None, int, int]
+
+
 class Outbox:
     """Records for Kafka, sent a batch per topic partition; delivery awaited before acks."""
 
     def __init__(self, producer: Any) -> None:
         self._producer = producer  # faust's Producer: its aiokafka producer exists once started
-        self.pending: list[tuple[asyncio.Future[Any], ChangelogTable | None, int, int]] = []
+        self.pending: list[Pending] = []
         self._changelog: list[tuple[ChangelogTable, int, list[Row]]] = []
         self._partitions: dict[str, int] = {}
         self.sent = 0
@@ -104,8 +108,8 @@ class Outbox:
         counts = self.published
         counts[(topic, "tombstone")] = counts.get((topic, "tombstone"), 0) + tombstones
         counts[(topic, "record")] = counts.get((topic, "record"), 0) + len(records) - tombstones
-        for part, rows in by_part.items():
-            await self._send(topic, part, rows, None)
+        # partitions at once: a batch waits for the one before it *of its partition* to be sent
+        await asyncio.gather(*(self._send(topic, part, rows, None) for part, rows in by_part.items()))
 
     async def _send(self, topic: str, partition: int, rows: list[Row], table: ChangelogTable | None) -> None:
         producer = self._aiokafka()
@@ -121,18 +125,29 @@ class Outbox:
         if count:
             await self._ship(producer, batch, topic, partition, count, table)
 
-    async def _ship(self, producer: AIOKafkaProducer, batch: Any, topic: str, partition: int, count: int,
-                    table: ChangelogTable | None) -> None:
+    async def _ship(
+        self,
+        producer: AIOKafkaProducer,
+        batch: Any,
+        topic: str,
+        partition: int,
+        count: int,
+        table: ChangelogTable | None,
+    ) -> None:
         fut = await producer.send_batch(batch, topic, partition=partition)
         self.pending.append((fut, table, partition, count))
         self.sent += count
 
-    async def delivered(self) -> None:
-        """Send the changelog rows written so far; wait until the broker has every pending batch."""
+    async def send(self) -> list[Pending]:
+        """Send the changelog rows written so far; the delivery futures of everything sent since the last call."""
         rows, self._changelog = self._changelog, []
-        for owner, partition, chunk in rows:
-            await self._send(owner.topic, partition, chunk, owner)
+        await asyncio.gather(*(self._send(owner.topic, partition, chunk, owner) for owner, partition, chunk in rows))
         pending, self.pending = self.pending, []
+        return pending
+
+    @staticmethod
+    async def confirm(pending: list[Pending]) -> None:
+        """Wait until the broker has every batch of ``pending``; note each changelog's persisted offset."""
         if not pending:
             return
         metas = await asyncio.gather(*(f for f, _, _, _ in pending))
@@ -142,3 +157,7 @@ class Outbox:
                 last[(table, partition)] = max(last.get((table, partition), -1), meta.offset + count - 1)
         for (table, partition), offset in last.items():
             table.table.data.set_persisted_offset(TP(table.topic, partition), offset)
+
+    async def delivered(self) -> None:
+        """:meth:`send`, then :meth:`confirm` what it returned."""
+        await self.confirm(await self.send())

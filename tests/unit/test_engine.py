@@ -435,6 +435,36 @@ def test_a_rescan_rewrites_only_cells_that_changed() -> None:
     assert run.engine.cells.dirty == {0: {geo.cell(LAT, LON, 9)}}
 
 
+def test_a_rescan_is_spread_over_the_ticks_of_its_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All cells' rescan in one tick stopped the loop for ~0.5 s every 10 s; each tick does its share."""
+    from pipeline import pacing
+
+    run = Run()
+    spots = [geo.destination(LAT, LON, 0.0, 400.0 * i) for i in range(40)]
+    for j, (lat, lon) in enumerate(spots):  # 40 published cells
+        traffic(run, 3, 10.0, lat, lon, prefix=f"c{j}-")
+    run.tick(0.5)
+    published = {c for c, v in run.conditions.items() if v is not None}
+    assert len(published) >= 35  # (a spot's three cars may straddle a cell border)
+    rescanned: list[list[str]] = []
+    real = pacing.Pacing._evaluate
+
+    def counting(self: pacing.Pacing, cell: str, now: float, out: Any, rescan: bool) -> None:
+        if rescan:
+            rescanned[-1].append(cell)
+        real(self, cell, now, out, rescan)
+
+    monkeypatch.setattr(pacing.Pacing, "_evaluate", counting)
+    for _ in range(int(2 * pacing.RESCAN_S / 0.5)):  # two periods of 0.5-s ticks
+        rescanned.append([])
+        run.tick(0.5)
+    assert max(len(t) for t in rescanned) <= len(published) // 8  # a share per tick, never the lot
+    assert published <= {c for t in rescanned for c in t}  # each once a period (≤ 2 periods apart)
+    rescanned.append([])
+    run.tick(pacing.RESCAN_S)  # a tick after a whole period without one: everything at once
+    assert published <= set(rescanned[-1])
+
+
 def test_published_cells_are_reevaluated_at_most_every_second_new_ones_at_once() -> None:
     run = Run()
     traffic(run, 3, 10.0)
