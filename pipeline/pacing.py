@@ -41,10 +41,11 @@ REEVALUATE_S = 1.0  # a published cell's changes are seen within this (+ a tick)
 # samples cannot move a quantile by more than that share of ranks, so they rarely make a
 # material change (15 % of speed); the rescan still evaluates every cell within RESCAN_S.
 REEVALUATE_SHARE = 0.1
-RESCAN_SLICES = 20  # a rescan is worked through in about this many ticks (RESCAN_S / tick)
+RESCAN_SLICES = 40  # a rescan is worked through in about this many ticks (RESCAN_S / tick)
 SPARSE_RESCAN_S = 60.0  # expiry of cells that can publish nothing (memory, baseline learning)
-TICK_BUDGET_S = 0.05  # per tick for re-evaluating published cells: the rest waits (news does not)
-ADOPT_BUDGET_S = 0.05  # per tick, reading a (re)assigned partition's stored windows
+# per tick (every 0.25 s, topologies/app.py), i.e. at most a tenth of the worker's time each:
+TICK_BUDGET_S = 0.025  # re-evaluating published cells: the rest waits (news does not)
+ADOPT_BUDGET_S = 0.025  # reading a (re)assigned partition's stored windows
 
 
 class Pacing:
