@@ -243,7 +243,7 @@ def cmd_bench(args: argparse.Namespace, s: Settings) -> int:
     if args.what == "push":
         from pipeline.bench import push
 
-        return push.main(s, clients=args.clients, seconds=args.seconds, rate=args.rate or 1000.0, rounds=args.rounds)
+        return push.main(s, clients=args.clients, seconds=args.seconds, rate=args.rate or push.RATE, rounds=args.rounds)
     print(f"traverz bench {args.what}: not built yet", file=sys.stderr)
     return 2
 
@@ -343,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="stream: small sizes, one round (~2 min)")
     b.add_argument("--pings", type=int, default=None, help="stream: pings pre-produced (default 2,000,000)")
     b.add_argument("--devices", type=int, default=None, help="stream: simulated devices (default 50,000)")
-    b.add_argument("--rate", type=float, default=None, help="stream: pings/s in the latency phase (default 20,000)")
+    b.add_argument(
+        "--rate", type=float, default=None, help="stream: pings/s, latency phase (20,000); push: conditions/s (1,200)"
+    )
     b.add_argument("--latency-seconds", type=float, default=None, help="stream: latency phase length (default 30)")
     b.add_argument("--table-keys", type=int, default=None, help="stream: table keys before restarts (default 1M)")
     b.add_argument("--clients", type=int, default=10_000, help="push: WebSocket clients (default 10,000)")

@@ -1,12 +1,15 @@
-"""Delivery: one pass over the drivers with news, writing their frames straight to their sockets.
+"""Delivery: passes over the drivers with news, writing their frames straight to their sockets.
 
 The hub queues an update in each subscriber's outbox (coalescing per cell or incident)
-and notifies the dispatcher once per driver. The pass runs once per event-loop turn —
-after a whole Kafka batch was applied, or a subscribe handled — or, when passes got costly,
-a few of their durations (up to ``TRAVERZ_PUSH_TICK_MS``) after the last one, so a driver
-with several news gets them in one write, and a driver with none costs nothing. Per driver it is a
-rate-limit take and one ``transport.write`` of the pre-encoded frames joined (still one
-message per WebSocket frame): no task wake-up, no await, no per-message encoding.
+and notifies the dispatcher once per driver. A driver is written at most once per spacing
+(adapted to the passes' cost, up to ``TRAVERZ_PUSH_TICK_MS``), counted from its own last
+write: a busy worker joins a driver's several news into one write, and the writes to
+different drivers are spread over that time in small passes instead of one burst to every
+driver per tick (a burst held the loop — Kafka included — for its whole length, and left
+the clients a backlog to drain). A worker with little to write spaces nothing: a pass runs
+each loop turn, after a whole Kafka batch was applied, or a subscribe handled. Per driver
+a pass is a rate-limit take and one ``transport.write`` of the pre-encoded frames joined
+(still one message per WebSocket frame): no task wake-up, no await, no per-message encoding.
 
 A driver is handed to its sender task (``wake``: pipeline/push/stream.py starts one) only
 when it needs waiting: its socket is over the high-water mark (its news keep coalescing in the outbox
@@ -37,9 +40,13 @@ def joined(batch: list[Message]) -> bytes:
 
 
 # A busy worker's passes take at most about 1/PASS_SPACING of its time (below the tick): at
-# the bench's 100k messages/s that reaches the tick, and a driver's ~10 news/s go out in ~2
-# writes instead of 10; a pass for a handful of drivers costs microseconds and waits for none.
+# the bench's 120k messages/s that reaches the tick, and a driver's ~12 news/s go out in ~3-4
+# writes instead of 12; a pass for a handful of drivers costs microseconds and waits for none.
 PASS_SPACING = 4.0
+# A pass also takes the drivers due within this share of the spacing: passes of a busy worker
+# come ~SLICES times per spacing, each for about that share of its drivers.
+SLICES = 8
+TIMER_S = 0.001  # the loop's timer resolution: a driver due within it is due now
 
 
 def _set_wake(client: Client) -> None:
@@ -47,11 +54,13 @@ def _set_wake(client: Client) -> None:
 
 
 class Dispatcher:
-    """Passes are spaced by their own cost: the next one starts no sooner than ``PASS_SPACING``
-    times the last one's duration after it, and at most ``tick_s`` after it. A worker with
-    little to write passes at once each loop turn; a busy one waits (up to the tick) so that
-    a driver's news share one write — per write, not per byte, is what the kernel charges
-    on the sender's side (on loopback the receiver's TCP work too)."""
+    """Drivers are written at most once per ``spacing`` (less 1/SLICES of it), counted from their own
+    last write, in FIFO order of their first news since. The spacing is ``PASS_SPACING`` times the
+    time the passes took over the last spacing (writing each busy driver once), at most ``tick_s``:
+    a worker with little to write passes at once each loop turn; a busy one waits (up to the tick)
+    so that a driver's news share one write — per write, not per byte, is what the kernel charges
+    on the sender's side (on loopback the receiver's TCP work too). A driver's first news waits at
+    most one spacing: whoever is ahead of it in the queue got its own first news earlier."""
 
     def __init__(
         self,
@@ -67,10 +76,15 @@ class Dispatcher:
         self.latency = latency
         self.tick_s = tick_s
         self.sockets: dict[Client, RawSocket] = {}
-        self.ready: list[Client] = []
+        # drivers with news in order of notice, and when each may be written (its last write + the
+        # spacing then): two deques, not one of pairs — a pair per notice, alive until its pass,
+        # made the young GC generation fill and collect ~50 times a second
+        self.ready: collections.deque[Client] = collections.deque()
+        self.due: collections.deque[float] = collections.deque()
         self.scheduled = False
-        self.last_pass = 0.0  # loop time the last pass started
-        self.spacing = 0.0  # the next pass starts no sooner than this after it
+        self.spacing = 0.0  # a driver is written no sooner than this after its last write
+        self.window_start = 0.0  # time.monotonic(): the passes' cost is summed over one spacing
+        self.window_busy = 0.0
 
     def attach(self, client: Client, sock: RawSocket) -> None:
         """Serve ``client`` by direct writes to ``sock`` from now on."""
@@ -82,26 +96,36 @@ class Dispatcher:
         client.notify = None
 
     def notify(self, client: Client) -> None:
-        """The hub's hook: ``client`` has news; deliver at the end of this loop turn."""
+        """The hub's hook: ``client`` has news; deliver it one spacing after its last write (or at
+        the end of this loop turn)."""
         self.ready.append(client)
+        self.due.append(client.written + self.spacing)
         if not self.scheduled:
-            self.scheduled = True
-            loop = asyncio.get_running_loop()
-            wait = self.last_pass + self.spacing - loop.time()
-            if wait > 0.001:  # below the loop's timer resolution: at once
-                loop.call_later(wait, self.flush)
-            else:
-                loop.call_soon(self.flush)
+            self._schedule(asyncio.get_running_loop())
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.scheduled = True
+        wait = self.due[0] - self._early() - time.monotonic()
+        if wait > 0:
+            loop.call_later(wait, self.flush)
+        else:
+            loop.call_soon(self.flush)
+
+    def _early(self) -> float:
+        """How far ahead of its time a driver may be written: passes gather SLICES per spacing."""
+        return max(self.spacing / SLICES, TIMER_S)
 
     def flush(self) -> int:
-        """Write every ready driver's pending frames that its socket and rate limit take now."""
+        """Write the due drivers' pending frames that their socket and rate limit take now."""
         self.scheduled = False
-        if self.tick_s:
-            self.last_pass = asyncio.get_running_loop().time()
-        ready, self.ready = self.ready, []
         now = time.monotonic()
-        sockets, wake, sent, writes = self.sockets, self.wake, list[Message](), 0
-        for client in ready:
+        horizon = now + self._early()
+        ready, due, sockets, wake, sent, writes = self.ready, self.due, self.sockets, self.wake, list[Message](), 0
+        for _ in range(len(ready)):  # not those queued meanwhile (a pass queues none, but bounded)
+            if due[0] > horizon:
+                break
+            client = ready.popleft()
+            due.popleft()
             client.notified = False
             sock = sockets.get(client)
             if sock is None:
@@ -110,7 +134,7 @@ class Dispatcher:
                 wake(client)  # its sender closes it, waits for the socket, or finds it closed
                 continue
             # Client.take inlined for the common case, everything pending within the rate limit
-            # (this loop runs once per driver with news, ~1e5 times a second)
+            # (this loop runs once per driver written, ~5e4 times a second)
             outbox = client.outbox
             tokens = client.tokens + (now - client.refilled) * client.rate
             if tokens > BURST:
@@ -125,6 +149,7 @@ class Dispatcher:
                     sent += msgs
                     outbox.clear()
                     writes += 1
+                    client.written = now
                 continue
             client.tokens, client.refilled = tokens, now
             batch = client.take(now)  # rate-limited: what the tokens allow, oldest first
@@ -132,6 +157,7 @@ class Dispatcher:
                 sock.write(joined(batch))
                 sent += batch
                 writes += 1
+                client.written = now
             wake(client)  # its sender paces the rest
         if writes and self.writes is not None:
             self.writes.inc(writes)
@@ -140,5 +166,11 @@ class Dispatcher:
             # counted in C: one latency observation per update, weighted by its drivers
             self.latency.sent_counts(collections.Counter(map(_TEXT, sent)), time.time())
         if self.tick_s:
-            self.spacing = min(self.tick_s, PASS_SPACING * (time.monotonic() - now))
+            end = time.monotonic()
+            self.window_busy += end - now
+            if end - self.window_start >= self.spacing:  # a spacing's worth of passes: adapt it
+                self.spacing = min(self.tick_s, PASS_SPACING * self.window_busy)
+                self.window_start, self.window_busy = end, 0.0
+        if ready and not self.scheduled:
+            self._schedule(asyncio.get_running_loop())
         return len(sent)

@@ -63,6 +63,7 @@ class Client:
     # took it all); without one, the sender task is woken directly.
     notify: Callable[[Client], None] | None = None
     notified: bool = False
+    written: float = 0.0  # time.monotonic() of its last write by a delivery pass (pipeline/push/dispatch.py)
     overflowed: bool = False
     told: dict[str, int] = field(default_factory=dict)  # cell or incident id -> digest last sent
     rate: float = RATE_PER_S

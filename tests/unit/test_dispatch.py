@@ -169,3 +169,30 @@ async def test_costly_passes_are_spaced_up_to_the_tick_and_join_a_drivers_news()
     for sock in socks.values():  # one write, both news
         assert [m["type"] for m in frames_of(sock.writes[-1])] == ["alert", "condition"]
     assert d.writes is not None and d.writes.get() == 5 and d.delivered.get() == 7  # frames per write counted
+
+
+async def test_each_driver_is_spaced_from_its_own_last_write() -> None:
+    reg = Registry()
+    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg))  # tick 0: the spacing set below stays
+    h, a, b = Hub(), Client("a"), Client("b")
+    other = geo.cell(48.87, 2.36, 9)
+    socks = {a: MemorySocket(), b: MemorySocket()}
+    for cl, sock in socks.items():
+        d.attach(cl, sock)  # type: ignore[arg-type]
+        h.add(cl)
+    h.subscribe(a, {A: 0})
+    h.subscribe(b, {other: 0})
+    d.spacing = 0.2
+    h.on_condition(A, _cond(1, 3.0))  # a was never written: at once
+    await asyncio.sleep(0)
+    await asyncio.sleep(0.1)
+    h.on_condition(other, {**_cond(1, 3.0), "cell": other})  # b neither: at once, 0.1 s after a
+    await asyncio.sleep(0)
+    assert [len(s.writes) for s in socks.values()] == [1, 1]
+    h.on_condition(A, _cond(2, 13.0))  # news for both now: a's is due 0.2 s after its write, b's 0.1 s later
+    h.on_condition(other, {**_cond(2, 13.0), "cell": other})
+    await asyncio.sleep(0.13)
+    assert [len(s.writes) for s in socks.values()] == [2, 1]  # not one burst to every driver
+    await asyncio.sleep(0.12)
+    assert [len(s.writes) for s in socks.values()] == [2, 2]
+    assert frames_of(socks[b].writes[-1])[0]["condition"]["version"] == 2
