@@ -47,6 +47,10 @@ PASS_SPACING = 4.0
 # come ~SLICES times per spacing, each for about that share of its drivers.
 SLICES = 8
 TIMER_S = 0.001  # the loop's timer resolution: a driver due within it is due now
+# Behind on Kafka (its newest news older than the tick), the spacing may grow to this many ticks:
+# written less often, a driver's write carries more frames, so the worker's time goes to catching
+# up instead of to syscalls (a worker behind wrote ~2.9 frames per write and fell further behind).
+CATCHUP = 3.0
 
 
 def _set_wake(client: Client) -> None:
@@ -69,8 +73,10 @@ class Dispatcher:
         tick_s: float = 0.0,
         wake: Callable[[Client], None] | None = None,
         writes: Counter | None = None,
+        lag: Callable[[], float] | None = None,
     ) -> None:
         self.delivered = delivered
+        self.lag = lag  # s the consumer is behind the topics (pipeline/push/service.py)
         self.writes = writes  # socket writes by the passes (each of one or more frames)
         self.wake = wake or _set_wake
         self.latency = latency
@@ -169,7 +175,10 @@ class Dispatcher:
             end = time.monotonic()
             self.window_busy += end - now
             if end - self.window_start >= self.spacing:  # a spacing's worth of passes: adapt it
-                self.spacing = min(self.tick_s, PASS_SPACING * self.window_busy)
+                cap = self.tick_s
+                if self.lag is not None and self.lag() > cap:
+                    cap *= CATCHUP
+                self.spacing = min(cap, PASS_SPACING * self.window_busy)
                 self.window_start, self.window_busy = end, 0.0
         if ready and not self.scheduled:
             self._schedule(asyncio.get_running_loop())

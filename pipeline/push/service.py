@@ -58,6 +58,7 @@ class PushService:
             audience=settings.token_audience,
         )
         self.caught_up = asyncio.Event()
+        self.lag_s = 0.0  # how old the newest record of the last live batch was (0: nothing waiting)
         # For the Waze feed: the latest version of every open alert, and the latest condition
         # of the cells at level >= 1 only (a feed lists jams, and free cells are most cells).
         self.open_alerts: dict[str, dict[str, Any]] = {}
@@ -111,6 +112,9 @@ class PushService:
                         pending.discard(tp)
                 if not live and not pending:
                     self.caught_up.set()
+                if live:
+                    newest = max((msgs[-1].timestamp for msgs in batch.values()), default=None)
+                    self.lag_s = 0.0 if newest is None else max(0.0, time.time() - newest / 1000.0)
                 if live and batch:
                     # getmany returns at once while the fetcher holds records: without a yield the
                     # delivery pass (and every socket) would wait behind all of them

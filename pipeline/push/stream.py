@@ -90,7 +90,9 @@ class StreamEndpoint:
         self.senders: dict[Client, asyncio.Task[None]] = {}
         self.conns: dict[Client, tuple[WebSocket, RawSocket]] = {}
         tick_s = svc.s.push_tick_ms / 1000.0
-        self.dispatch = Dispatcher(svc.delivered, svc.delivery, tick_s, wake=self.wake, writes=svc.writes)
+        self.dispatch = Dispatcher(
+            svc.delivered, svc.delivery, tick_s, wake=self.wake, writes=svc.writes, lag=lambda: svc.lag_s
+        )
         spacing = "least time between two writes to a driver now (the tick when busy)"
         svc.metrics.gauge("traverz_push_spacing_seconds", spacing, lambda: self.dispatch.spacing)
         self.heap = HeapKeeper()  # pipeline/push/heap.py: full GC collections off the drivers' objects

@@ -196,3 +196,25 @@ async def test_each_driver_is_spaced_from_its_own_last_write() -> None:
     await asyncio.sleep(0.12)
     assert [len(s.writes) for s in socks.values()] == [2, 2]
     assert frames_of(socks[b].writes[-1])[0]["condition"]["version"] == 2
+
+
+async def test_behind_on_kafka_the_spacing_may_pass_the_tick() -> None:
+    lag = [0.0]
+    reg = Registry()
+    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg), tick_s=0.05, lag=lambda: lag[0])
+    h, cl = Hub(), Client("costly")
+    d.attach(cl, SlowSocket())  # type: ignore[arg-type]
+    h.add(cl)
+    h.subscribe(cl, {A: 0})
+    h.on_condition(A, _cond(1, 3.0))
+    await asyncio.sleep(0)  # a 20 ms pass: 4 x 20 ms, capped at the tick
+    assert d.spacing == 0.05
+    lag[0] = 2.0  # the consumer's newest record is 2 s old
+    for v in (2, 3):
+        h.on_condition(A, _cond(v, 13.0 if v % 2 else 3.0))
+        await asyncio.sleep(0.1)
+    assert 0.05 < d.spacing <= 0.15  # 4 x 2 x 20 ms over the last spacing, at most 3 ticks: fuller writes
+    lag[0] = 0.0
+    h.on_condition(A, _cond(4, 3.0))
+    await asyncio.sleep(0.25)
+    assert d.spacing == 0.05  # caught up: back to the tick
