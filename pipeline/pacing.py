@@ -35,13 +35,16 @@ from pipeline.speed import CellSpeedWindow, SectorBucket
 
 Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
 
-RESCAN_S = 10.0  # every cell re-evaluated once a period of this: ≤ 2 periods apart (issue: ≤ 30 s)
+# Every cell re-evaluated this often (issue: ≤ 30 s). Each costs ~0.1–0.3 ms (its expiry and a reading):
+# at 10 s, rescans were a fifth of the worker's time at 20,000 pings/s; a busy cell's material
+# changes are seen sooner anyway (REEVALUATE_S).
+RESCAN_S = 20.0
 REEVALUATE_S = 1.0  # a published cell's changes are seen within this (+ a tick)
 # ... once at least this share of its window is new since it was last evaluated. Fewer new
 # samples cannot move a quantile by more than that share of ranks, so they rarely make a
 # material change (15 % of speed); the rescan still evaluates every cell within RESCAN_S.
 REEVALUATE_SHARE = 0.1
-RESCAN_SLICES = 40  # a rescan is worked through in about this many ticks (RESCAN_S / tick)
+RESCAN_SLICES = 80  # slots of a rescan period: one per tick (RESCAN_S / 0.25 s)
 SPARSE_RESCAN_S = 60.0  # expiry of cells that can publish nothing (memory, baseline learning)
 # per tick (every 0.25 s, topologies/app.py), i.e. at most a tenth of the worker's time each:
 TICK_BUDGET_S = 0.025  # re-evaluating published cells: the rest waits (news does not)
@@ -67,10 +70,8 @@ class Pacing:
         self.evaluated_n: dict[str, tuple[int, int]] = {}  # cell → (window.added, samples) when evaluated
         self.known: dict[str, int] = {}  # unpublished cell → devices it had seen when last evaluated
         # the rolling rescan: the cells it covers this period, from when, and how far it got
-        self.rescan: list[str] = []
-        self.rescan_from = 0.0
-        self.rescan_done = 0
-        self.ticked_at = 0.0
+        self.slots: list[list[str]] = []  # this period's cells to rescan, by slot
+        self.slot_at: int | None = None  # the last slot rescanned (a count of RESCAN_S/RESCAN_SLICES since epoch)
         self.sparse_at = 0.0
         # stored windows of (re)assigned partitions still to read, and cells that may have a
         # condition on the compacted topic from before (published is in memory only)
@@ -84,10 +85,15 @@ class Pacing:
         due, busy = self._triage(self.pending, now)
         due |= self.urgent
         self.urgent = set()
-        rescan = self._rescan_due(now)
-        due.difference_update(rescan)
-        for cell in rescan:
-            self._evaluate(cell, now, out, True)
+        evaluated, windows = self.evaluated_at, self.cells.values
+        for cell in self._rescan_due(now):
+            w = windows.get(cell)
+            if cell in due or w is None or now - evaluated.get(cell, 0.0) >= RESCAN_S / 2:
+                due.discard(cell)
+                self._evaluate(cell, now, out, True)
+            elif self._expire(cell, w, now):
+                # a busy cell, read since the last rescan: only its expiry, and a reading if buckets closed
+                self._evaluate(cell, now, out, False)
         for cell in due:
             self._evaluate(cell, now, out, False)
         deadline = time.perf_counter() + TICK_BUDGET_S
@@ -98,27 +104,32 @@ class Pacing:
                 break
 
     def _rescan_due(self, now: float) -> list[str]:
-        """The rolling rescan's share of this tick: the cells whose turn came since the last tick.
+        """The rolling rescan's share of this tick: the cells whose slot came since the last tick.
 
-        Every :data:`RESCAN_S` a list of the cells to rescan is taken and worked
-        through in proportion to the time passed, so a tick does a
-        ``tick/RESCAN_S`` share of it: all at once stopped the loop for ~0.5 s every
-        10 s at 20,000 pings/s. Each cell still comes up once a period (so at most two
-        periods apart: its place in the list moves); a tick after a whole period
-        without one (a stopped loop, a test's clock) rescans everything.
+        A period of :data:`RESCAN_S` has :data:`RESCAN_SLICES` slots; a cell's slot is
+        fixed (by its hash), so it is rescanned every RESCAN_S, and each tick rescans
+        the slots whose time came — all at once stopped the loop for ~0.5 s. The cells
+        are listed anew each period (one that came since waits for the next); a tick
+        after a whole period without one (a stopped loop, a test's clock) rescans
+        everything.
         """
+        slot = int(now // (RESCAN_S / RESCAN_SLICES))
+        if self.slot_at is None or slot - self.slot_at >= RESCAN_SLICES:
+            self.slot_at, self.slots = slot, []
+            return list(self._rescan_set(now))
         cells: list[str] = []
-        if now - self.rescan_from >= RESCAN_S or now - self.ticked_at >= RESCAN_S:
-            cells = self.rescan[self.rescan_done :]  # what the last period did not get to
-            self.rescan = list(self.published.keys() | self.active.values.keys() | self._rescan_cells(now))
-            self.rescan_from, self.rescan_done = now, 0
-        whole = now - self.ticked_at >= RESCAN_S
-        self.ticked_at = now
-        n = len(self.rescan)
-        upto = n if whole else min(n, int(n * (now - self.rescan_from) / RESCAN_S) + n // RESCAN_SLICES + 1)
-        cells += self.rescan[self.rescan_done : upto]
-        self.rescan_done = max(self.rescan_done, upto)
+        for s in range(self.slot_at + 1, slot + 1):
+            i = s % RESCAN_SLICES
+            if i == 0 or not self.slots:
+                self.slots = [[] for _ in range(RESCAN_SLICES)]
+                for cell in self._rescan_set(now):
+                    self.slots[hash(cell) % RESCAN_SLICES].append(cell)
+            cells += self.slots[i]
+        self.slot_at = slot
         return cells
+
+    def _rescan_set(self, now: float) -> set[str]:
+        return self.published.keys() | self.active.values.keys() | self._rescan_cells(now)
 
     def forget(self, kept: Iterable[int]) -> None:
         """After a rebalance (the states already forgot the lost partitions' keys)."""
@@ -203,13 +214,15 @@ class Pacing:
                 self.baselines.evict(cell)
         return dense
 
-    def _expire(self, cell: str, window: CellSpeedWindow, now: float) -> None:
+    def _expire(self, cell: str, window: CellSpeedWindow, now: float) -> bool:
+        """Drop what left the window; True if buckets closed (what drivers are told may change)."""
         known = len(window.seen)
         closed = window.expire(now)
         if closed or len(window.seen) != known:
             self.cells.mark(cell)  # only what changed: a rescan must not rewrite every cell's changelog
         if closed:
             self._learn(cell, closed)
+        return bool(closed)
 
     def _condition(self, cell: str, now: float, out: list[Record], *, expire: bool = True) -> None:
         window = self.cells.values.get(cell)

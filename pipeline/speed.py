@@ -25,6 +25,7 @@ WINDOW_S = 300
 BIN_PER_MPS = 2  # 0.5 m/s histogram bins
 SEQ_WINDOW = 256  # reordering a device may show inside one cell and still be deduped
 DEVICE_TTL_S = WINDOW_S + 2 * BUCKET_S
+SEEN_SWEEP_S = 60.0  # dedupe entries are dropped this long after their TTL at most
 _HALF_SECTOR = geo.SECTOR_WIDTH / 2
 
 
@@ -112,6 +113,7 @@ class CellSpeedWindow:
     # Closed buckets rarely change (a late ping), the open one always does: a reading merges two
     # things instead of ten. Not persisted; dropped whenever a closed bucket changes.
     _closed: tuple[int, int, dict[int, SectorBucket]] | None = field(default=None, compare=False, repr=False)
+    _swept_at: float = field(default=0.0, compare=False, repr=False)  # last sweep of ``seen`` (not persisted)
 
     def accept(self, device: str, seq: int, now: float) -> bool:
         """Record ``(device, seq)``; False if it was already counted here."""
@@ -159,12 +161,21 @@ class CellSpeedWindow:
         return True
 
     def expire(self, now: float) -> list[tuple[int, dict[int, SectorBucket]]]:
-        """Drop buckets and dedupe entries that can no longer matter; returns the dropped buckets."""
+        """Drop buckets and dedupe entries that can no longer matter; returns the dropped buckets.
+
+        Cheap when nothing is due — a busy cell is expired at every rescan (10 s): the
+        merged closed buckets are kept unless one was dropped (rebuilding them copied
+        every device set of the window), and the dedupe entries (one per device seen
+        in 6 min: thousands) are swept at most every :data:`SEEN_SWEEP_S`.
+        """
         oldest = now - WINDOW_S - BUCKET_S
-        self._closed = None
         dropped = [(start, self.buckets.pop(start)) for start in [s for s in self.buckets if s + BUCKET_S <= oldest]]
-        for dev in [d for d, e in self.seen.items() if e.last_seen < now - DEVICE_TTL_S]:
-            del self.seen[dev]
+        if dropped:
+            self._closed = None
+        if now - self._swept_at >= SEEN_SWEEP_S:
+            self._swept_at = now
+            for dev in [d for d, e in self.seen.items() if e.last_seen < now - DEVICE_TTL_S]:
+                del self.seen[dev]
         return dropped
 
     def could_reach(self, k: int) -> bool:

@@ -425,11 +425,13 @@ def test_state_is_bounded_everything_expires_after_silence() -> None:
 
 
 def test_a_rescan_rewrites_only_cells_that_changed() -> None:
-    """Every cell is re-evaluated every 10 s; rewriting them all would flood the changelog."""
+    """Every cell is re-evaluated every RESCAN_S; rewriting them all would flood the changelog."""
+    from pipeline import pacing
+
     run = Run()
     traffic(run, 3, 10.0)
     run.tick(0.5)
-    run.tick(11.0)  # a rescan: nothing expired yet
+    run.tick(pacing.RESCAN_S + 1.0)  # a rescan: nothing expired yet
     assert run.engine.cells.dirty == {}
     run.tick(400.0)  # now the buckets close: the cell changed and is written back
     assert run.engine.cells.dirty == {0: {geo.cell(LAT, LON, 9)}}
@@ -465,6 +467,32 @@ def test_a_rescan_is_spread_over_the_ticks_of_its_period(monkeypatch: pytest.Mon
     assert published <= set(rescanned[-1])
 
 
+def test_a_rescan_only_expires_a_busy_cell_read_since_the_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy cell is read by the pacing anyway; the rescan reads it again only if it was not, or buckets closed."""
+    from pipeline import pacing
+
+    run = Run()
+    traffic(run, 3, 10.0)
+    run.tick(0.5)
+    run.tick(pacing.RESCAN_S)  # the next period's rescan begins
+    reads: list[bool] = []
+    real = pacing.Pacing._evaluate
+
+    def counting(self: pacing.Pacing, cell: str, now: float, out: Any, rescan: bool) -> None:
+        reads.append(rescan)
+        real(self, cell, now, out, rescan)
+
+    monkeypatch.setattr(pacing.Pacing, "_evaluate", counting)
+    for i in range(int(2 * pacing.RESCAN_S)):  # busy: new cars every second, read as they come
+        traffic(run, 3, 10.0, prefix=f"t{i}-")
+        run.tick(1.0)
+    assert reads and not any(reads)  # two periods: the rescans read nothing more
+    reads.clear()
+    for _ in range(int(2 * pacing.RESCAN_S)):  # quiet: only the rescan reads it
+        run.tick(1.0)
+    assert 1 <= len(reads) <= 3 and all(reads)
+
+
 def test_published_cells_are_reevaluated_at_most_every_second_new_ones_at_once() -> None:
     run = Run()
     traffic(run, 3, 10.0)
@@ -485,6 +513,7 @@ def test_published_cells_are_reevaluated_at_most_every_second_new_ones_at_once()
 
 def test_sparse_cells_cost_no_reading_and_still_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     """A tick's cost follows the busy cells: a cell with fewer than k devices is never read."""
+    from pipeline import pacing
     from pipeline.speed import CellSpeedWindow
 
     run = Run()
@@ -500,7 +529,7 @@ def test_sparse_cells_cost_no_reading_and_still_expire(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(CellSpeedWindow, "stats", counting)
     for _ in range(3):
-        run.tick(11.0)  # rescans
+        run.tick(pacing.RESCAN_S + 1.0)  # rescans
     assert len(reads) == 3  # the busy cell only, once per rescan
     assert run.conditions[geo.cell(LAT, LON, 9)] is not None
     run.tick(400.0)  # the sparse pass expires the lone cars' windows...

@@ -175,6 +175,34 @@ def test_expire_drops_old_buckets_and_idle_devices() -> None:
     assert not w.is_empty()
 
 
+def test_expiry_with_nothing_due_is_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy cell is expired at every rescan: it must not rebuild its merged buckets nor walk its devices."""
+    from pipeline import speed
+
+    w = CellSpeedWindow()
+    for i in range(60):
+        w.add(f"d{i}", 1, NOW - 200 + 3 * i, 10.0, 0.0, NOW)
+    merges: list[int] = []
+    real = speed._merge_into
+
+    def counting(merged: dict[int, speed.SectorBucket], sec: int, b: speed.SectorBucket) -> None:
+        merges.append(sec)
+        real(merged, sec, b)
+
+    monkeypatch.setattr(speed, "_merge_into", counting)
+    first = w.stats(NOW + 1)
+    assert merges  # the closed buckets merged once...
+    merges.clear()
+    assert w.expire(NOW + 1) == []
+    assert w.stats(NOW + 1) == first and not merges  # ...and not again after an expiry that dropped nothing
+    swept = NOW + DEVICE_TTL_S - 10  # every device last seen at NOW: none past its TTL yet
+    w.expire(swept)
+    w.expire(swept + 30)  # all past it now, but swept 30 s ago
+    assert len(w.seen) == 60
+    w.expire(swept + speed.SEEN_SWEEP_S)
+    assert not w.seen
+
+
 def test_is_empty_after_long_idle() -> None:
     w = CellSpeedWindow()
     assert w.is_empty()
