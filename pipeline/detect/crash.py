@@ -23,7 +23,8 @@ Confidence (documented formula, capped at 0.99)::
 A ``crash`` opens at ≥ 0.6 when a driver reported one nearby, or when the
 traffic went past the standing vehicles and either a second vehicle stands with
 it or the traffic behind collapsed, unless it stands where others stopped shortly
-before (``usual``: a stop line, a jam) or braked into the tail of a queue (``queue_tail``:
+before (``usual``: a stop line, a junction, a jam; unknown — the candidate's own stop not
+yet among ``standing`` — counts as usual until it is known) or braked into the tail of a queue (``queue_tail``:
 a device stands ahead of it that itself stands behind another — two vehicles that
 collided stand one behind the other, a third ahead of them is a queue; over 12
 seeded offline runs of ``congestion``, 748 vehicle-hours, this rule took the
@@ -234,7 +235,7 @@ def tick(
     collapsed = traffic_mps is not None and traffic_mps < COLLAPSE_RATIO * free_flow_mps
     spots = standing or {}
     went_past = any((s := spots.get(d)) is not None and len(s.passers) >= PASSERS_MIN for d in [c.device, *near])
-    usual = (s := spots.get(c.device)) is not None and s.usual
+    own = spots.get(c.device)  # None: its stop is not known to the spots (yet)
     conf = (
         BASE
         + PER_VEHICLE * min(MAX_VEHICLES, len(near))
@@ -245,8 +246,10 @@ def tick(
     conf = round(min(CAP, conf), 3)  # sums of tenths compare exactly with OPEN_AT
     if c.opened_at is None:
         # ``queue_tail``: the candidate braked into a queue (Spots.queue_tail): its "second stopped
-        # vehicle" is the queue; such a crash is left to drivers' reports
-        probes = went_past and not usual and not queue_tail and (len(near) > 0 or collapsed)
+        # vehicle" is the queue; such a crash is left to drivers' reports. Without the candidate's
+        # own spot, whether it stands where others stopped is unknown: probes wait for it (the
+        # agent's next tick has it) instead of reading "unknown" as "nobody stopped here"
+        probes = own is not None and not own.usual and went_past and not queue_tail and (len(near) > 0 or collapsed)
         corroborated = reports > 0 or probes
         if conf < OPEN_AT or not corroborated:
             return []

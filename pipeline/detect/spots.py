@@ -15,10 +15,23 @@ false alarm was a hard stop at a red light with the queue behind it):
   waits to turn, across its lane. It waits behind someone; it is not the obstacle. (With few
   phones on the road the car ahead is often not a device: then the other rules speak.)
 * **usual**: at least :data:`USUAL_MIN` other devices started a stop within
-  :data:`USUAL_M` of this one, in its direction, in the :data:`HISTORY_S` *before* it
-  stopped: a stop line, a junction, a merge, a jam's stop-and-go. A car that breaks down
-  mid-block stops where nobody stopped before; the cars that then stop behind it come after.
-  The cost: a stall or crash right at a stop line is left to drivers' reports.
+  :data:`USUAL_M` of this one, in its direction *or across it* (within :data:`USUAL_DEG`:
+  anything but the oncoming direction), in the :data:`HISTORY_S` *before* it stopped: a
+  stop line, a junction, a merge, a jam's stop-and-go. A car that breaks down mid-block
+  stops where nobody stopped before; the cars that then stop behind it come after. Stops
+  across its direction are what makes a junction: a car first in line waiting ≥ 90 s to
+  turn left across an oncoming stream (or to get out of a side road) has the through
+  traffic of its own road passing it in the next lane at 6–15 m/s, exactly like a stalled
+  car, and nobody ahead of it; what tells it apart is where it stands, where the cross
+  road's cars stopped too, before it or while it waits (measured offline, ``congestion``
+  seeds 1–40: all 15 stall false alarms waited at junctions, 9 of them in Rudower
+  Chaussee's left-turn lane; the oncoming direction does not count, so a jam on the other
+  side of the road does not hide a breakdown on this one, and its own direction counts
+  only before it, so the queue behind a stall does not either). It is decided when the
+  stop starts, looked at again from the running centroid as that settles (the first still
+  fix can be 10–15 m off) and, once it has passers, for the cross road's stops since;
+  never un-decided. The cost: a stall or crash right at a stop line or in a junction is
+  left to drivers' reports.
 
 Offsets are measured in a local flat frame around the stop (exact enough within 100 m).
 Lanes are 3–3.5 m apart and fixes are off by 5–15 m, so "aside" cannot tell lanes apart;
@@ -54,6 +67,7 @@ QUEUE_ASIDE_M = 10.0
 ONCOMING_DEG = 120.0
 USUAL_M = 25.0
 USUAL_MIN = 2
+USUAL_DEG = ONCOMING_DEG  # same direction or across it: a stop line, a junction
 HISTORY_S = 600.0
 CELL_RES = 9
 _SAMPLE_M = (0.0, -50.0, -100.0, 25.0, 50.0, 75.0, 100.0)  # points whose cells a spot watches (res-9 edge ~174 m)
@@ -121,7 +135,8 @@ class Spots:
             old.seen = now
             if geo.distance_m(old.lat, old.lon, lat, lon) < 5.0:
                 return
-            passers, behind, usual = old.passers, old.behind, old.usual
+            passers, behind = old.passers, old.behind
+            usual = old.usual or self._usual(device, lat, lon, heading, since_ts)
         else:
             passers, behind, usual = set(), set(), self._usual(device, lat, lon, heading, since_ts)
             self.history.setdefault(geo.cell(lat, lon, CELL_RES), []).append((since_ts, lat, lon, heading, device))
@@ -163,6 +178,8 @@ class Spots:
         spot = self.by_device.get(device)
         if spot is None:
             return None
+        if spot.passers and not spot.usual:  # only where it matters: the cross road's stops since it stood
+            spot.usual = self._usual(device, spot.lat, spot.lon, spot.heading, spot.since_ts)
         return Around(len(spot.passers), self._queued(spot), spot.usual)
 
     def _queued(self, spot: Spot) -> bool:
@@ -192,7 +209,12 @@ class Spots:
         return first is not None and self._ahead(first) is not None
 
     def _usual(self, device: str, lat: float, lon: float, heading: float, since_ts: float) -> bool:
-        before: set[str] = set()
+        """Others stopped here: before it in its direction or across it, or since it stood across it.
+
+        The cars that stop behind a stalled car come after it, in its direction; a stop across its
+        direction is the cross road's, whenever it happened.
+        """
+        seen: set[str] = set()
         home = geo.cell(lat, lon, CELL_RES)
         disk = self._disks.get(home)
         if disk is None:  # a stop-and-go road starts stops in the same cells over and over
@@ -201,14 +223,16 @@ class Spots:
             disk = self._disks[home] = h3.grid_disk(home, 1)
         for c in disk:
             for h_since, h_lat, h_lon, h_heading, h_device in self.history.get(c, ()):
+                if h_device == device or h_since < since_ts - HISTORY_S:
+                    continue
+                turn = geo.angle_diff(h_heading, heading)
                 if (
-                    h_device != device
-                    and since_ts - HISTORY_S <= h_since < since_ts
-                    and geo.angle_diff(h_heading, heading) <= SAME_DIRECTION_DEG
+                    turn <= USUAL_DEG
+                    and (h_since < since_ts or turn > SAME_DIRECTION_DEG)
                     and geo.distance_m(h_lat, h_lon, lat, lon) <= USUAL_M
                 ):
-                    before.add(h_device)
-                    if len(before) >= USUAL_MIN:
+                    seen.add(h_device)
+                    if len(seen) >= USUAL_MIN:
                         return True
         return False
 

@@ -7,10 +7,12 @@ of event time and the traffic around it keeps moving *past it*
 (:class:`pipeline.detect.spots.Around`): at least :data:`PASSERS_MIN` other devices
 went by in its direction since it stopped, no device stands just ahead of it (then
 it queues: at a light, behind a turning car, in a jam), and it does not stand where others
-stopped shortly before (a stop line, a jam's stop-and-go). ``around=None`` (unknown) never
-opens one; when everyone stands it is congestion, not a stall. (An earlier rule, the
-median speed of its cell and sector ≥ 5 m/s, alarmed for cars queued in one lane while
-the next lane moved: 8 false alarms in 66 vehicle-hours of the ``congestion`` scenario.)
+stopped shortly before (a stop line, a jam's stop-and-go) or where the cross road's cars stop
+(a junction: first in line to turn, its own road's through traffic passes it like a stalled
+car). ``around=None`` (unknown) never opens one; when everyone stands it is congestion,
+not a stall. (An earlier rule, the median speed of its cell and sector ≥ 5 m/s, alarmed
+for cars queued in one lane while the next lane moved: 8 false alarms in 66 vehicle-hours
+of the ``congestion`` scenario.)
 
 No alert when the trip ends: a stop in which the phone said ``parked`` never
 opens, and an open stall is cleared (``parked``). Nor when the device goes

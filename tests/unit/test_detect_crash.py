@@ -307,3 +307,31 @@ def test_braking_into_the_tail_of_a_queue_is_left_to_reports(monkeypatch: pytest
     assert road.drive(*crash_scene(), traffic=JAMMED) == []
     reported = Road()
     assert [e.state for e in reported.drive(*crash_scene(), traffic=JAMMED, reports=1)][:1] == ["opened"]
+
+
+def test_probes_wait_for_the_candidates_own_stop_to_be_known() -> None:
+    """Evaluated with the spots of the others only (the candidate's stop not yet among them), nothing opens:
+    whether it stands where others stopped is unknown, not "nobody did". With its spot it opens, unless usual."""
+    home = geo.cell(*ORIGIN, 9)
+    spots = Spots()
+    second = geo.destination(*ORIGIN, 0.0, 8.0)
+    spots.place("dev-b", *second, 90.0, T0 - 5, T0)
+    for car in cars_going_past({"lat": second[0], "lon": second[1]}, T0 + 5):
+        for p in car:
+            c9 = geo.cell(p["lat"], p["lon"], 9)
+            if c9 in spots.by_cell:
+                spots.see(c9, p["device_id"], p["ts"], p["lat"], p["lon"], p["speed_mps"], p["heading_deg"])
+    assert len(spots.by_device["dev-b"].passers) >= crash.PASSERS_MIN
+    area, _ = crash.step(None, Stopped("dev-b", T0 - 5, T0 + 5, *second, 90.0, None), T0 + 100, cell=home)
+    candidate = Stopped("dev-a", T0, T0 + 10, *ORIGIN, 90.0, 4.0)
+
+    def opens(standing: dict[str, Any]) -> bool:
+        a = CrashArea.from_bytes(area.to_bytes())
+        crash.step(a, candidate, T0 + 101, cell=home, traffic_mps=JAMMED, free_flow_mps=FREE, standing=standing)
+        return a.crash is not None and a.crash.opened_at is not None
+
+    assert not opens(spots.standing(area.vehicles))  # dev-a not yet in the area: its spot is not looked up
+    spots.place("dev-a", *ORIGIN, 90.0, T0, T0 + 10)
+    assert opens(spots.standing([*area.vehicles, "dev-a"]))
+    spots.by_device["dev-a"].usual = True
+    assert not opens(spots.standing([*area.vehicles, "dev-a"]))

@@ -130,3 +130,46 @@ def test_queue_tail_needs_a_line_of_two_ahead() -> None:
     s.place("first", *at(16.0), EAST, T0 - 30, T0)
     assert s.queue_tail("stuck") and not s.queue_tail("hit")
     assert not s.queue_tail("nobody")
+
+
+def test_usual_counts_stops_across_its_direction_not_the_oncoming_ones() -> None:
+    """A junction: the cross road's cars stopped here before; a jam on the other side of the road does not count."""
+    junction = Spots()
+    for i, heading in enumerate((180.0, 0.0)):  # the cross road's two directions, at its stop lines
+        junction.place(f"cross-{i}", *at(8.0, 10.0 * (1 - 2 * i)), heading, T0 - 200 + 30 * i, T0 - 200 + 30 * i)
+    assert (a := standing(junction).around("stuck")) is not None and a.usual
+
+    other_side = Spots()
+    for i in range(3):
+        other_side.place(f"oncoming-{i}", *at(10.0 * i, 6.0), 270.0, T0 - 200 + 30 * i, T0 - 200 + 30 * i)
+    assert (a := standing(other_side).around("stuck")) is not None and not a.usual
+
+
+def test_usual_is_looked_at_again_from_the_settled_centroid() -> None:
+    """The first still fix 30 m off (a noisy phone): the stop turns out to be where two others stopped."""
+    s = Spots()
+    s.place("early-1", *at(2.0), EAST, T0 - 300, T0 - 300)
+    s.place("early-2", *at(-3.0), EAST, T0 - 120, T0 - 120)
+    s.place("stuck", *at(-30.0), EAST, T0, T0)
+    assert (a := s.around("stuck")) is not None and not a.usual
+    s.place("stuck", *at(-6.0), EAST, T0, T0 + 20)  # the centroid settles: same stop
+    assert (a := s.around("stuck")) is not None and a.usual
+    s.place("stuck", *at(-30.0), EAST, T0, T0 + 40)  # once usual, it stays so for this stop
+    assert (a := s.around("stuck")) is not None and a.usual
+
+
+def test_the_cross_roads_stops_since_it_stood_make_it_usual_its_own_roads_do_not() -> None:
+    """Waiting at a junction, the cross road's cars stop beside it; behind a stall its own road's cars queue."""
+    s = standing()
+    see(s, "car", T0 + 5, at(-60.0, 3.5))
+    see(s, "car", T0 + 10, at(10.0, 3.5))
+    for i, heading in enumerate((0.0, 180.0)):
+        s.place(f"cross-{i}", *at(10.0, 12.0 * (1 - 2 * i)), heading, T0 + 30 + i, T0 + 30 + i)
+    assert (a := s.around("stuck")) is not None and a.usual and a.passers == 1
+
+    t = standing()
+    see(t, "car", T0 + 5, at(-60.0, 3.5))
+    see(t, "car", T0 + 10, at(10.0, 3.5))
+    for i in range(3):
+        t.place(f"behind-{i}", *at(-7.0 * (i + 1), 1.0), EAST + 10.0, T0 + 30 + i, T0 + 30 + i)
+    assert (a := t.around("stuck")) is not None and not a.usual

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pipeline import geo
 from pipeline.detect import stall
 from pipeline.detect.events import IncidentEvent, to_alert
-from pipeline.detect.spots import Around
+from pipeline.detect.spots import Around, Spots
 from pipeline.detect.stall import StallState
 
 ORIGIN = (48.8566, 2.3522)
@@ -87,6 +87,55 @@ def test_nobody_going_past_is_congestion_not_a_stall() -> None:
 def test_queued_behind_someone_or_where_others_stop_is_not_a_stall() -> None:
     assert run(trip(30, 600), around=Around(passers=9, queued=True, usual=False))[1] == []
     assert run(trip(30, 600), around=Around(passers=9, queued=False, usual=True))[1] == []
+
+
+def through_traffic(stop: tuple[float, float], t0: float, n: int = 6) -> list[Ping]:
+    """``n`` cars of its own road driving east past ``stop`` in the next lane (3.5 m aside), 15 s apart."""
+    lane = geo.destination(*stop, 180.0, 3.5)
+    out: list[Ping] = []
+    for i in range(n):
+        for k in range(8):  # from 60 m behind it to 45 m ahead, a fix a second at 15 m/s
+            lat, lon = geo.destination(*lane, EAST if k >= 4 else EAST + 180.0, abs(15.0 * (k - 4)))
+            out.append(ping(k, t0 + 15.0 * i + 1.0 * k, lat, lon, 15.0) | {"device_id": f"car-{i}"})
+    return out
+
+
+def with_spots(spots: Spots, pings: list[Ping]) -> list[IncidentEvent]:
+    """The engine's loop in small: passers seen, ``around`` looked up, the stop placed; stalls of every device."""
+    states: dict[str, StallState] = {}
+    emits: list[IncidentEvent] = []
+    for p in sorted(pings, key=lambda p: p["ts"]):
+        dev, c9 = p["device_id"], geo.cell(p["lat"], p["lon"], 9)
+        if c9 in spots.by_cell:
+            spots.see(c9, dev, p["ts"], p["lat"], p["lon"], p["speed_mps"], p["heading_deg"])
+        st = states.get(dev)
+        around = spots.around(dev) if stall.needs_around(st, p) else None
+        states[dev], new = stall.step(st, p, p["ts"] + 1.0, around)
+        emits += new
+        m = states[dev].motion
+        if m.still_since is not None:
+            spots.place(dev, m.still_lat, m.still_lon, m.heading, m.still_since, p["ts"] + 1.0)
+        else:
+            spots.lift(dev)
+    return emits
+
+
+def test_waiting_to_turn_at_a_junction_is_not_a_stall() -> None:
+    """First in line to turn left for minutes while its own road's through traffic passes it in the next lane.
+
+    Passed like a stalled car, nobody ahead of it; but the cross road's cars stopped at the same
+    junction in the minutes before (SUMO's ``congestion``, seeds 1–40: 9 of 15 stall false alarms)."""
+    pings = trip(30, 300)
+    stop = geo.destination(*ORIGIN, EAST, 450.0)
+    traffic = through_traffic(stop, T0 + 60)
+    assert states(with_spots(Spots(), pings + traffic)) == ["opened"]  # mid-block, where nobody stopped: a stall
+
+    junction = Spots()
+    for i, heading in enumerate((0.0, 180.0)):  # the cross road's cars at their stop lines, 10 m either side
+        at = geo.destination(*geo.destination(*stop, EAST, 8.0), heading + 180.0, 10.0)
+        junction.place(f"cross-{i}", *at, heading, T0 - 200 + 40 * i, T0 - 200 + 40 * i)
+        junction.lift(f"cross-{i}")
+    assert with_spots(junction, pings + traffic) == []
 
 
 def test_unknown_surroundings_never_alert() -> None:
