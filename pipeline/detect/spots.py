@@ -30,8 +30,10 @@ false alarm was a hard stop at a red light with the queue behind it):
   only before it, so the queue behind a stall does not either). It is decided when the
   stop starts, looked at again from the running centroid as that settles (the first still
   fix can be 10–15 m off) and, once it has passers, for the cross road's stops since;
-  never un-decided. The cost: a stall or crash right at a stop line or in a junction is
-  left to drivers' reports.
+  never un-decided. Its own earlier stops at the same place (a stop restarted by GPS jitter
+  or a coverage gap) count as its start: the queue that formed behind a stalled car
+  meanwhile is not "before" it. The cost: a stall or crash right at a stop line or in a
+  junction is left to drivers' reports.
 
 Offsets are measured in a local flat frame around the stop (exact enough within 100 m).
 Lanes are 3–3.5 m apart and fixes are off by 5–15 m, so "aside" cannot tell lanes apart;
@@ -214,27 +216,28 @@ class Spots:
         The cars that stop behind a stalled car come after it, in its direction; a stop across its
         direction is the cross road's, whenever it happened.
         """
-        seen: set[str] = set()
         home = geo.cell(lat, lon, CELL_RES)
         disk = self._disks.get(home)
         if disk is None:  # a stop-and-go road starts stops in the same cells over and over
             if len(self._disks) > 100_000:
                 self._disks.clear()
             disk = self._disks[home] = h3.grid_disk(home, 1)
+        # its own earlier stops here count as its start: a stop restarted (GPS jitter, a coverage gap)
+        # would otherwise find the queue that formed behind it "before" it
+        first = since_ts
+        others: list[tuple[float, float, str]] = []
         for c in disk:
             for h_since, h_lat, h_lon, h_heading, h_device in self.history.get(c, ()):
-                if h_device == device or h_since < since_ts - HISTORY_S:
+                if h_since < since_ts - HISTORY_S or geo.distance_m(h_lat, h_lon, lat, lon) > USUAL_M:
                     continue
-                turn = geo.angle_diff(h_heading, heading)
-                if (
-                    turn <= USUAL_DEG
-                    and (h_since < since_ts or turn > SAME_DIRECTION_DEG)
-                    and geo.distance_m(h_lat, h_lon, lat, lon) <= USUAL_M
-                ):
-                    seen.add(h_device)
-                    if len(seen) >= USUAL_MIN:
-                        return True
-        return False
+                if h_device == device:
+                    first = min(first, h_since)
+                else:
+                    others.append((h_since, geo.angle_diff(h_heading, heading), h_device))
+        seen = {
+            d for h_since, turn, d in others if turn <= USUAL_DEG and (h_since < first or turn > SAME_DIRECTION_DEG)
+        }
+        return len(seen) >= USUAL_MIN
 
     def standing(self, devices: Iterable[str]) -> dict[str, Spot]:
         """The spots of the standing devices of ``devices`` (e.g. the vehicles of a crash area)."""

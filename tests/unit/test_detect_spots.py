@@ -173,3 +173,13 @@ def test_the_cross_roads_stops_since_it_stood_make_it_usual_its_own_roads_do_not
     for i in range(3):
         t.place(f"behind-{i}", *at(-7.0 * (i + 1), 1.0), EAST + 10.0, T0 + 30 + i, T0 + 30 + i)
     assert (a := t.around("stuck")) is not None and not a.usual
+
+
+def test_a_restarted_stop_keeps_its_first_start_the_queue_behind_it_is_not_before_it() -> None:
+    """A stalled phone's stop restarts (a coverage gap): the cars that queued behind it meanwhile came after it."""
+    s = standing()
+    for i in range(3):
+        s.place(f"behind-{i}", *at(-7.0 * (i + 1)), EAST, T0 + 30 + i, T0 + 30 + i)
+    s.lift("stuck")
+    s.place("stuck", *at(2.0), EAST, T0 + 120, T0 + 120)  # the same place, a new stop
+    assert (a := s.around("stuck")) is not None and not a.usual
