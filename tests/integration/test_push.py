@@ -138,6 +138,20 @@ async def next_of(ws: ClientConnection, kind: str, timeout: float = 10.0) -> dic
     return await asyncio.wait_for(_loop(), timeout)
 
 
+async def first_of_each(ws: ClientConnection, *kinds: str, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+    """The first message of each kind, in whichever order they come: updates of two topics have none."""
+    got: dict[str, dict[str, Any]] = {}
+
+    async def _loop() -> dict[str, dict[str, Any]]:
+        while len(got) < len(kinds):
+            msg: dict[str, Any] = orjson.loads(await ws.recv())
+            if msg["type"] in kinds:
+                got.setdefault(msg["type"], msg)
+        return got
+
+    return await asyncio.wait_for(_loop(), timeout)
+
+
 async def nothing_but(ws: ClientConnection, seconds: float) -> list[dict[str, Any]]:
     got: list[dict[str, Any]] = []
     try:
@@ -172,9 +186,9 @@ async def test_alert_reaches_only_drivers_heading_into_it(
         assert sub["cells"] > 3
         crash = alert(target, heading=2.0)
         await publish(producer, crash, condition(target, {0: 4.0}))  # only the northbound side is slow
-        got = await next_of(toward, "alert")
-        assert got["alert"]["id"] == crash["id"]
-        assert (await next_of(toward, "condition"))["condition"]["cell"] == target
+        got = await first_of_each(toward, "alert", "condition")
+        assert got["alert"]["alert"]["id"] == crash["id"]
+        assert got["condition"]["condition"]["cell"] == target
         assert await nothing_but(away, 1.5) == []
         assert await nothing_but(opposite, 0.1) == []
         # the same incident again with nothing new is not announced twice

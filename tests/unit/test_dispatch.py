@@ -143,7 +143,7 @@ class SlowSocket(MemorySocket):
 
 async def test_costly_passes_are_spaced_up_to_the_tick_and_join_a_drivers_news() -> None:
     reg = Registry()
-    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg), tick_s=0.05, writes=reg.counter("w", "w"))
+    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg), tick_s=0.08, writes=reg.counter("w", "w"))
     h, cheap, costly = Hub(), Client("cheap"), Client("costly")
     socks = {cheap: MemorySocket(), costly: SlowSocket()}
     for cl, sock in socks.items():
@@ -153,18 +153,21 @@ async def test_costly_passes_are_spaced_up_to_the_tick_and_join_a_drivers_news()
     h.on_condition(A, _cond(1, 3.0))
     await asyncio.sleep(0)
     h.on_condition(A, _cond(2, 13.0))
-    await asyncio.sleep(0)
-    assert len(socks[cheap].writes) == 2  # a cheap pass: the next one runs at once
+    for _ in range(20):  # (a loaded machine may stretch the cheap pass to a millisecond or two)
+        if len(socks[cheap].writes) == 2:
+            break
+        await asyncio.sleep(0.001)
+    assert len(socks[cheap].writes) == 2  # a cheap pass: the next one runs at once, well within the tick
     h.subscribe(costly, {A: 0})
-    await asyncio.sleep(0)  # a 20 ms pass: the next one waits min(tick, 4 × 20 ms) = 50 ms
-    assert len(socks[costly].writes) == 1 and d.spacing == 0.05
+    await asyncio.sleep(0)  # a 20 ms pass: the next one waits min(tick, 4 × 20 ms or more) = 80 ms
+    assert len(socks[costly].writes) == 1 and d.spacing == 0.08
     h.on_alert({"id": "i1", "type": "crash", "state": "opened", "cell": A, "lat": 48.8566, "lon": 2.3522,
                 "heading_deg": 0.0, "confidence": 0.9, "version": 3})  # fmt: skip
     await asyncio.sleep(0)
     h.on_condition(A, _cond(4, 3.0))
     await asyncio.sleep(0)
     assert len(socks[cheap].writes) == 2  # within the spacing: they wait
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.15)
     assert [len(s.writes) for s in socks.values()] == [3, 2]
     for sock in socks.values():  # one write, both news
         assert [m["type"] for m in frames_of(sock.writes[-1])] == ["alert", "condition"]
@@ -215,6 +218,7 @@ async def test_behind_on_kafka_the_spacing_may_pass_the_tick() -> None:
         await asyncio.sleep(0.1)
     assert 0.05 < d.spacing <= 0.15  # 4 x 2 x 20 ms over the last spacing, at most 3 ticks: fuller writes
     lag[0] = 0.0
-    h.on_condition(A, _cond(4, 3.0))
-    await asyncio.sleep(0.25)
+    for v in (4, 5):  # the spacing adapts once a spacing's worth of passes is over
+        h.on_condition(A, _cond(v, 3.0 if v % 2 else 13.0))
+        await asyncio.sleep(0.2)
     assert d.spacing == 0.05  # caught up: back to the tick
