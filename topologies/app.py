@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import math
 import time
 from typing import Any
 
@@ -52,8 +53,10 @@ DATADIR.mkdir(parents=True, exist_ok=True)
 PUBLISH_INTERVAL_S = 0.25
 # State written back and records acknowledged this often (Kafka Streams commits every 30 s): each
 # write-back rewrites every cell touched since the last, so its cost is per cell, not per ping —
-# a longer interval is cheaper, and only lengthens the replay after a crash.
-FLUSH_S = 5.0
+# a longer interval is cheaper, and only lengthens the replay after a crash. At 5 s, a city at
+# 20,000 pings/s rewrote nearly every window (dedupe entries of thousands of devices each) every
+# 5 s: a fifth of the worker's time.
+FLUSH_S = 15.0
 MAX_HELD = 20_000  # ... or once a partition holds this many records
 
 app = TraverzApp(  # faust.App whose commits never pass an unacknowledged record (topologies/flow.py)
@@ -151,7 +154,7 @@ class Held:
 
     Partitions are written back in turn, not together: partition ``p``'s turn
     comes at its own phase of the period (``p / partitions`` of it). Writing
-    all of them at once stopped the loop for 0.3–0.5 s every 5 s at 20,000
+    all of them at once stopped the loop for 0.3–0.5 s at each turn at 20,000
     pings/s — the worst of the produce → condition latency; a partition at a
     time is an eighth of that, spread over the period. And the agent does not
     wait for the broker: the acknowledgements wait (:attr:`acking`, a chain of
@@ -166,25 +169,26 @@ class Held:
     def __init__(self, partitions: int) -> None:
         self.partitions = max(1, partitions)
         self.events: dict[int, list[faust.types.EventT[bytes]]] = {}
-        self.released_at: dict[int, float] = {}
+        self.turn: dict[int, float] = {}  # partition → when its next write-back is due
         self.releasing = False
         self.acking: asyncio.Future[None] | None = None  # the last write-back's acknowledgements
 
-    def _phase(self, partition: int, now: float) -> float:
-        # a partition seen for the first time: its turn at its own phase of the period
-        at = self.released_at[partition] = now - FLUSH_S * (partition % self.partitions) / self.partitions
-        return at
+    def _next_turn(self, partition: int, now: float) -> float:
+        # partition p's turns are at p/partitions of each period, whatever happened in between: released
+        # at its first record after a quiet spell, it would otherwise keep the turn of that moment
+        # (after an idle minute every partition's first record came at once, and so did every turn)
+        phase = FLUSH_S * (partition % self.partitions) / self.partitions
+        return (math.floor((now - phase) / FLUSH_S) + 1) * FLUSH_S + phase
 
     def due(self, now: float) -> list[int]:
         """Partitions whose write-back is due."""
-        return [p for p in self.events if now - (self.released_at.get(p) or self._phase(p, now)) >= FLUSH_S]
+        return [p for p in self.events if now >= self.turn.setdefault(p, self._next_turn(p, now))]
 
     async def hold(self, event: faust.types.EventT[bytes], now: float) -> None:
         part = event.message.partition
         held = self.events.setdefault(part, [])
         held.append(event)
-        at = self.released_at.get(part) or self._phase(part, now)
-        if len(held) >= MAX_HELD or now - at >= FLUSH_S:
+        if len(held) >= MAX_HELD or now >= self.turn.setdefault(part, self._next_turn(part, now)):
             await self.release([part], now)
 
     async def release(self, partitions: list[int], now: float) -> None:
@@ -196,7 +200,7 @@ class Held:
                 self.acking.result()  # a failed delivery fails the agent, as if awaited here
             batch = {p: self.events.pop(p) for p in partitions if p in self.events}
             for part in batch:
-                self.released_at[part] = now
+                self.turn[part] = self._next_turn(part, now)
                 engine.flush(part, now)
             pending = await outbox.send()
             self.acking = asyncio.ensure_future(self._ack(self.acking, pending, batch))

@@ -168,7 +168,7 @@ async def test_kill9_mid_stream_then_restart_counts_every_ping_once(
     try:
         feeder = Feeder(producer, feed.records, chunks=40)
         # paced so the feed outlasts the first write-back + commit (the worker writes state back and
-        # acknowledges every 5 s): the kill must find produced-but-uncommitted records
+        # acknowledges each partition every FLUSH_S, in turn): the kill must find produced-but-uncommitted records
         feeding = asyncio.create_task(feeder.run(pause=0.5, hold_at=30))
 
         async def some_committed() -> bool:
