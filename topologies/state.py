@@ -158,6 +158,3 @@ class Outbox:
         for (table, partition), offset in last.items():
             table.table.data.set_persisted_offset(TP(table.topic, partition), offset)
 
-    async def delivered(self) -> None:
-        """:meth:`send`, then :meth:`confirm` what it returned."""
-        await self.confirm(await self.send())
