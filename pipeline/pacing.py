@@ -69,7 +69,7 @@ class Pacing:
         self.evaluated_at: dict[str, float] = {}
         self.evaluated_n: dict[str, tuple[int, int]] = {}  # cell → (window.added, samples) when evaluated
         self.known: dict[str, int] = {}  # unpublished cell → devices it had seen when last evaluated
-        # the rolling rescan: the cells it covers this period, from when, and how far it got
+        # the rolling rescan (_rescan_due)
         self.slots: list[list[str]] = []  # this period's cells to rescan, by slot
         self.slot_at: int | None = None  # the last slot rescanned (a count of RESCAN_S/RESCAN_SLICES since epoch)
         self.sparse_at = 0.0

@@ -163,7 +163,7 @@ class CellSpeedWindow:
     def expire(self, now: float) -> list[tuple[int, dict[int, SectorBucket]]]:
         """Drop buckets and dedupe entries that can no longer matter; returns the dropped buckets.
 
-        Cheap when nothing is due — a busy cell is expired at every rescan (10 s): the
+        Cheap when nothing is due — a busy cell is expired at every rescan (every 20 s): the
         merged closed buckets are kept unless one was dropped (rebuilding them copied
         every device set of the window), and the dedupe entries (one per device seen
         in 6 min: thousands) are swept at most every :data:`SEEN_SWEEP_S`.

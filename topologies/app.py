@@ -180,15 +180,21 @@ class Held:
         phase = FLUSH_S * (partition % self.partitions) / self.partitions
         return (math.floor((now - phase) / FLUSH_S) + 1) * FLUSH_S + phase
 
+    def _turn(self, partition: int, now: float) -> float:
+        at = self.turn.get(partition)
+        if at is None:  # first seen: its first turn on the grid
+            at = self.turn[partition] = self._next_turn(partition, now)
+        return at
+
     def due(self, now: float) -> list[int]:
         """Partitions whose write-back is due."""
-        return [p for p in self.events if now >= self.turn.setdefault(p, self._next_turn(p, now))]
+        return [p for p in self.events if now >= self._turn(p, now)]
 
     async def hold(self, event: faust.types.EventT[bytes], now: float) -> None:
         part = event.message.partition
         held = self.events.setdefault(part, [])
         held.append(event)
-        if len(held) >= MAX_HELD or now >= self.turn.setdefault(part, self._next_turn(part, now)):
+        if len(held) >= MAX_HELD or now >= self._turn(part, now):
             await self.release([part], now)
 
     async def release(self, partitions: list[int], now: float) -> None:
