@@ -12,7 +12,7 @@ import orjson
 from pipeline import geo
 from pipeline.metrics import Registry
 from pipeline.push.delivery import DeliveryLatency
-from pipeline.push.dispatch import Dispatcher
+from pipeline.push.dispatch import BUDGET_EVERY, Dispatcher
 from pipeline.push.frames import text_frame
 from pipeline.push.hub import BURST, Client, Hub, prepared
 
@@ -59,13 +59,15 @@ def _cond(version: int, speed: float) -> dict[str, Any]:
     return {"cell": A, "version": version, "sectors": [{"sector": 0, "median_mps": speed, "level": 3}]}
 
 
-def _setup(n: int) -> tuple[Hub, Dispatcher, list[Client], list[MemorySocket]]:
+def _setup(
+    n: int, socket: type[MemorySocket] = MemorySocket
+) -> tuple[Hub, Dispatcher, list[Client], list[MemorySocket]]:
     reg = Registry()
     d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg))
     h = Hub()
     clients, socks = [], []
     for i in range(n):
-        cl, sock = Client(f"d{i}"), MemorySocket()
+        cl, sock = Client(f"d{i}"), socket()
         d.attach(cl, sock)  # type: ignore[arg-type]
         h.add(cl)
         h.subscribe(cl, {A: 0})
@@ -139,6 +141,26 @@ class SlowSocket(MemorySocket):
     def write(self, data: bytes) -> None:
         time.sleep(0.02)
         super().write(data)
+
+
+class MillisecondSocket(MemorySocket):
+    def write(self, data: bytes) -> None:
+        time.sleep(0.001)
+        super().write(data)
+
+
+async def test_a_long_pass_yields_to_the_loop_between_drivers() -> None:
+    # 64 due drivers whose writes take 1 ms each: a pass stops after its budget (checked every 16
+    # drivers), so what was queued on the loop meanwhile (Kafka's records, sockets) runs before the rest
+    h, d, _, socks = _setup(64, MillisecondSocket)
+    h.on_condition(A, _cond(1, 3.0))
+    seen: list[int] = []
+    asyncio.get_running_loop().call_soon(lambda: seen.append(sum(len(s.writes) for s in socks)))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert 0 < seen[0] <= BUDGET_EVERY  # the first pass ended at its budget; the marker ran next
+    assert [len(s.writes) for s in socks] == [1] * 64  # the rest in the following loop turns
+    assert d.delivered.get() == 64 and not d.ready
 
 
 async def test_costly_passes_are_spaced_up_to_the_tick_and_join_a_drivers_news() -> None:
