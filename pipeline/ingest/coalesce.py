@@ -33,6 +33,8 @@ from pipeline.ingest.wire import WirePing, encode_record
 
 # (records, timeout, each record's partition or None when the partition count is not known)
 Send = Callable[[list[tuple[bytes, bytes]], float, list[int] | None], Awaitable[None]]
+# (requests, pings, seconds from the flush's first request to its acknowledgement): once per acked flush
+Acked = Callable[[int, int, float], None]
 
 _PARTITION_CACHE_MAX = 200_000  # res-7 keys ever seen by one proxy: a country has ~10^5
 
@@ -179,8 +181,11 @@ class Coalescer:
         max_pings: int = pings.MAX_BATCH,
         clock: Callable[[], float] = time.time,
         max_in_flight: int = 1,
+        on_acked: Acked | None = None,
     ) -> None:
         self.send = send
+        # the acknowledged requests' metrics, told once per flush instead of by each request
+        self.on_acked = on_acked
         self.max_in_flight = max_in_flight  # flushes awaiting their ack at once (one per producer)
         self.partitions = partitions
         self.key_res, self.cell_res = key_res, cell_res
@@ -189,6 +194,7 @@ class Coalescer:
         self.max_pings = max_pings
         self.clock = clock
         self._pending: list[WirePing] = []
+        self._requests = 0  # submits in the pending flush
         self._done: asyncio.Future[None] | None = None
         self._deadline = 0.0  # loop time by which the pending requests must have their answer
         self._handle: asyncio.TimerHandle | None = None
@@ -211,6 +217,7 @@ class Coalescer:
             self._deadline = loop.time() + self.timeout_s
             self._handle = loop.call_later(self.linger_s, self._linger_over)
         self._pending.extend(batch)
+        self._requests += 1
         return done
 
     def _linger_over(self) -> None:
@@ -224,11 +231,11 @@ class Coalescer:
             self._due = True
 
     def _flush(self) -> None:
-        batch, done = self._pending, self._done
-        self._pending, self._done, self._due = [], None, False
+        batch, done, requests = self._pending, self._done, self._requests
+        self._pending, self._done, self._due, self._requests = [], None, False, 0
         if done is None:
             return
-        task = asyncio.get_running_loop().create_task(self._produce(batch, done, self._deadline))
+        task = asyncio.get_running_loop().create_task(self._produce(batch, done, self._deadline, requests))
         self._flushing.add(task)
         self._tasks.add(task)  # keep a reference until done (the loop holds only weak ones)
         task.add_done_callback(self._flushed)
@@ -248,9 +255,12 @@ class Coalescer:
             if self._due:
                 self._flush()
 
-    async def _produce(self, batch: list[WirePing], done: asyncio.Future[None], deadline: float) -> None:
+    async def _produce(
+        self, batch: list[WirePing], done: asyncio.Future[None], deadline: float, requests: int = 1
+    ) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            left = deadline - asyncio.get_running_loop().time()
+            left = deadline - loop.time()
             if left <= 0:  # spent waiting behind a flush that took its whole timeout
                 raise KafkaUnavailable("Kafka did not acknowledge in time")
             n = self.partitions()
@@ -280,6 +290,10 @@ class Coalescer:
         self._release(asyncio.current_task())
         if not done.done():
             done.set_result(None)
+        if self.on_acked is not None:
+            # the flush's first request waited longest: its wait stands for every request's (an
+            # upper bound, by at most the linger)
+            self.on_acked(requests, len(batch), loop.time() - (deadline - self.timeout_s))
 
     async def drain(self) -> None:
         """Flush what is waiting now and wait for every flush in progress (at shutdown)."""

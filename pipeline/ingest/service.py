@@ -6,6 +6,7 @@ on the same state, as a plain ASGI handler.
 
 from __future__ import annotations
 
+import bisect
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from pipeline.ingest.generation import Topics
 from pipeline.ingest.reports import VOTES, report_key, report_problem
 from pipeline.ingest.responses import error, json_response
 from pipeline.ingest.sink import Sink
-from pipeline.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, Registry
+from pipeline.metrics import LATENCY_BUCKETS, SIZE_BUCKETS, Histogram, Registry
 from pipeline.ratelimit import TokenBuckets
 from pipeline.settings import Settings
 from pipeline.tokens import DeviceIdentity, TokenError, TokenVerifier, bearer, parse_keys
@@ -70,11 +71,23 @@ class IngestService:
             timeout_s=settings.ingest_produce_timeout,
             max_in_flight=in_flight,  # one flush awaiting its ack per producer lane
             clock=clock,
+            on_acked=self._pings_acked,
         )
+        self._pings_202 = self.requests.series(route="pings", status="202")
         c = self.coalescer
         m.counter("traverz_ingest_flushes_total", "coalesced produce calls for pings", lambda: c.flushes)
         m.counter("traverz_ingest_records_total", "Kafka records the pings went out in", lambda: c.records)
         m.gauge("traverz_ingest_generation", "generation of the topics produced to", lambda: self.topics.generation)
+
+    def _pings_acked(self, requests: int, pings: int, seconds: float) -> None:
+        """A coalesced flush was acknowledged: each of its ``requests`` is answered 202.
+
+        Counted here once per flush rather than by each request (the pings route counts only
+        its other answers): per request, four metric updates were a tenth of its own Python.
+        """
+        self.requests.inc_series(self._pings_202, requests)
+        self.accepted.inc_series((), pings)
+        _observe_n(self.produce_latency, seconds, requests)
 
     # -- shared steps ---------------------------------------------------------
     def _auth(self, request: Request) -> DeviceIdentity:
@@ -161,3 +174,10 @@ class IngestService:
         }
         await self._produce(self.topics.reports, [(key.encode(), orjson.dumps(record))])
         return json_response(request, 202, {"report_id": report_id, "vote": doc["vote"]})
+
+
+def _observe_n(h: Histogram, value: float, n: int) -> None:
+    """``n`` observations of ``value`` at once (``Histogram.observe`` takes one)."""
+    h.counts[bisect.bisect_left(h.bounds, value)] += n
+    h.total += value * n
+    h.n += n

@@ -262,3 +262,17 @@ def test_keys_by_bit_operations_equal_h3_parents_everywhere() -> None:
         assert sum(len(ps) for _, ps in groups) == len(batch)
     with pytest.raises(ValueError):
         group_by_partition(batch, 8, key_res=9, cell_res=7)
+
+
+async def test_an_acked_flush_tells_its_requests_pings_and_wait_once_and_a_failed_one_nothing() -> None:
+    sent: Sent = []
+    told: list[tuple[int, int, float]] = []
+    c = Coalescer(recorder(sent, fail=1, delay=0.02), linger_s=0.001, on_acked=lambda *a: told.append(a))
+    with pytest.raises(ConnectionError):
+        await asyncio.gather(c.submit([ping("a", 1)]), c.submit([ping("b", 1)]))
+    assert told == []  # failed: its requests answer 503 and count themselves
+    await asyncio.gather(c.submit([ping("a", 2)]), c.submit([ping("b", i) for i in range(2, 5)]))
+    assert len(told) == 1
+    requests, pings, seconds = told[0]
+    assert (requests, pings) == (2, 4)
+    assert 0.02 <= seconds < 1.0  # from the first request to the ack: linger + the send's 20 ms
