@@ -112,7 +112,10 @@ class PartitionedState(Generic[T]):
         The hot loop writes ``values`` directly and marks once per record.
         """
         if keys:
-            self.partition_of.update(dict.fromkeys(keys, partition))
+            # a key's partition never changes (its cell's key decides it): only new keys need one
+            new = keys.difference(self.partition_of)  # set.difference(dict): looks each of keys up
+            if new:
+                self.partition_of.update(dict.fromkeys(new, partition))
             self.dirty.setdefault(partition, set()).update(keys)
 
     def mark(self, key: str) -> None:

@@ -152,6 +152,7 @@ class Engine:
         spots = self.spots
         watched, standing = spots.by_cell, spots.by_device
         touched_cells: set[str] = set()
+        wake = self.pacing.pending  # cells the conditions side wants to hear of (window.wake_at)
         touched_devices: set[str] = set()
         duplicates = 0
         for p in sorted(batch, key=_by_ts) if len(batch) > 1 else batch:
@@ -165,6 +166,8 @@ class Engine:
                 if window.add(dev, p["seq"], ts, speed, heading, now):
                     windows[c9] = window
                     touched_cells.add(c9)
+                    if window.added >= window.wake_at:
+                        wake.add(c9)
                 else:
                     duplicates += 1
             k7 = parents.get(c9)
@@ -172,7 +175,9 @@ class Engine:
                 k7 = parents[c9] = to_parent(c9, key_res)
             dkey = k7 + "|" + dev
             st = trackers.get(dkey) or devices.get(dkey, partition)
-            st, events, facts = step(st, p, now, spots.around(dev) if needs_around(st, p) else None)
+            # needs_around only for a device standing with nothing open (few): a call saved per moving one
+            near = st is not None and st.stall is None and st.motion.still_since is not None and needs_around(st, p)
+            st, events, facts = step(st, p, now, spots.around(dev) if near else None)
             trackers[dkey] = st
             if st.stall is not None:
                 self.stalled.add(dkey)
@@ -190,7 +195,6 @@ class Engine:
                     self._crash_fact(fact, k7, partition, now, out)
         cells.touch(touched_cells, partition)
         devices.touch(touched_devices, partition)
-        self.pacing.pending |= touched_cells
         self.pings += len(batch) - duplicates
         self.duplicates += duplicates
         return out

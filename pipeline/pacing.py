@@ -22,6 +22,7 @@ A re-evaluation that is not material builds no message (:mod:`pipeline.condition
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -38,13 +39,13 @@ Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
 # Every cell re-evaluated this often (issue: ≤ 30 s). Each costs ~0.1–0.3 ms (its expiry and a reading):
 # at 10 s, rescans were a fifth of the worker's time at 20,000 pings/s; a busy cell's material
 # changes are seen sooner anyway (REEVALUATE_S).
-RESCAN_S = 20.0
+RESCAN_S = 25.0  # 5 s to spare under the issue's 30 s for a tick that runs late
 REEVALUATE_S = 1.0  # a published cell's changes are seen within this (+ a tick)
 # ... once at least this share of its window is new since it was last evaluated. Fewer new
 # samples cannot move a quantile by more than that share of ranks, so they rarely make a
 # material change (15 % of speed); the rescan still evaluates every cell within RESCAN_S.
 REEVALUATE_SHARE = 0.1
-RESCAN_SLICES = 80  # slots of a rescan period: one per tick (RESCAN_S / 0.25 s)
+RESCAN_SLICES = 100  # slots of a rescan period: one per tick (RESCAN_S / 0.25 s)
 SPARSE_RESCAN_S = 60.0  # expiry of cells that can publish nothing (memory, baseline learning)
 # per tick (every 0.25 s, topologies/app.py), i.e. at most a tenth of the worker's time each:
 TICK_BUDGET_S = 0.025  # re-evaluating published cells: the rest waits (news does not)
@@ -187,14 +188,20 @@ class Pacing:
     def _evaluate(self, cell: str, now: float, out: list[Record], rescan: bool) -> None:
         self.evaluated_at[cell] = now
         self._condition(cell, now, out, expire=rescan)
+        w = self.cells.values.get(cell)
         if cell in self.published:
             self.known.pop(cell, None)
-        else:
-            w = self.cells.values.get(cell)
+            n = self.evaluated_n.get(cell)
             if w is not None:
-                self.known[cell] = len(w.seen)  # the devices that did not make it publish
-            else:
-                self.known.pop(cell, None)
+                # the engine puts the cell in ``pending`` again only once enough is new for _triage
+                # to pick it: most touched cells are published and busy, and triaging them at every
+                # tick cost a tenth of the worker at 30,000 pings/s
+                w.wake_at = n[0] + math.ceil(REEVALUATE_SHARE * n[1]) if n is not None else 0
+        elif w is not None:
+            w.wake_at = 0  # any new device may publish it
+            self.known[cell] = len(w.seen)  # the devices that did not make it publish
+        else:
+            self.known.pop(cell, None)
 
     def _rescan_cells(self, now: float) -> set[str]:
         """The cells a rescan evaluates: those with k devices seen; sparse ones only expire."""

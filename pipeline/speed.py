@@ -27,9 +27,10 @@ SEQ_WINDOW = 256  # reordering a device may show inside one cell and still be de
 DEVICE_TTL_S = WINDOW_S + 2 * BUCKET_S
 SEEN_SWEEP_S = 60.0  # dedupe entries are dropped this long after their TTL at most
 _HALF_SECTOR = geo.SECTOR_WIDTH / 2
+_SEQ_MASK = (1 << SEQ_WINDOW) - 1
 
 
-@dataclass
+@dataclass(slots=True)
 class SectorBucket:
     """Samples of one sector in one 30-s bucket."""
 
@@ -114,6 +115,9 @@ class CellSpeedWindow:
     # things instead of ten. Not persisted; dropped whenever a closed bucket changes.
     _closed: tuple[int, int, dict[int, SectorBucket]] | None = field(default=None, compare=False, repr=False)
     _swept_at: float = field(default=0.0, compare=False, repr=False)  # last sweep of ``seen`` (not persisted)
+    # the ``added`` count from which the conditions side wants to hear of this cell again
+    # (pipeline.pacing); 0: at every ping. Not persisted.
+    wake_at: int = field(default=0, compare=False, repr=False)
 
     def accept(self, device: str, seq: int, now: float) -> bool:
         """Record ``(device, seq)``; False if it was already counted here."""
@@ -124,7 +128,7 @@ class CellSpeedWindow:
         w.last_seen = now
         if seq > w.hwm:
             shift = seq - w.hwm
-            w.mask = ((w.mask << shift) | 1) & ((1 << SEQ_WINDOW) - 1) if shift < SEQ_WINDOW else 1
+            w.mask = ((w.mask << shift) | 1) & _SEQ_MASK if shift < SEQ_WINDOW else 1
             w.hwm = seq
             return True
         off = w.hwm - seq
@@ -139,7 +143,13 @@ class CellSpeedWindow:
             return False  # already over: it cannot change what drivers are told now
         # a future-stamped ping stays countable until its own window ends: keep its
         # dedupe entry alive that long, or a later replay would count twice
-        if not self.accept(device, seq, max(now, ts)):
+        alive = ts if ts > now else now
+        w = self.seen.get(device)
+        if w is not None and seq > w.hwm:  # accept()'s usual case, inlined: the next seq of a known device
+            shift = seq - w.hwm
+            w.mask = ((w.mask << shift) | 1) & _SEQ_MASK if shift < SEQ_WINDOW else 1
+            w.hwm, w.last_seen = seq, alive
+        elif not self.accept(device, seq, alive):
             return False
         start = int(ts // BUCKET_S) * BUCKET_S
         sectors = self.buckets.get(start)
@@ -163,7 +173,7 @@ class CellSpeedWindow:
     def expire(self, now: float) -> list[tuple[int, dict[int, SectorBucket]]]:
         """Drop buckets and dedupe entries that can no longer matter; returns the dropped buckets.
 
-        Cheap when nothing is due — a busy cell is expired at every rescan (every 20 s): the
+        Cheap when nothing is due — a busy cell is expired at every rescan (every 25 s): the
         merged closed buckets are kept unless one was dropped (rebuilding them copied
         every device set of the window), and the dedupe entries (one per device seen
         in 6 min: thousands) are swept at most every :data:`SEEN_SWEEP_S`.

@@ -142,7 +142,8 @@ def step(state: MotionTracker | None, ping: Ping, now: float) -> tuple[MotionTra
     """Advance one device by one ping; older or repeated pings change nothing."""
     if state is None:
         return seed(ping, now), []
-    ts = float(ping["ts"])
+    # the record decoder checked every field's type (pings.decode_record): no float() per field here
+    ts = ping["ts"]
     if ts <= state.ts:
         state.seen_at = max(state.seen_at, now)
         return state, []  # a retry, a replay or reordered: the facts of that interval are told
@@ -151,7 +152,7 @@ def step(state: MotionTracker | None, ping: Ping, now: float) -> tuple[MotionTra
         fresh.heading = state.heading if fresh.speed <= STILL_MPS else fresh.heading
         return fresh, []
     m = state
-    lat, lon, speed = float(ping["lat"]), float(ping["lon"]), float(ping["speed_mps"])
+    lat, lon, speed = ping["lat"], ping["lon"], ping["speed_mps"]
     facts: list[Fact] = []
     decel = (m.speed - speed) / (ts - m.ts)
     if ts - m.ts <= MAX_BRAKE_DT_S and decel >= HARD_BRAKE_MPS2:
@@ -180,8 +181,8 @@ def step(state: MotionTracker | None, ping: Ping, now: float) -> tuple[MotionTra
         )
         m.told_at = ts
     if speed > STILL_MPS:
-        m.heading = float(ping["heading_deg"])
-    m.seq, m.ts, m.lat, m.lon, m.speed, m.seen_at = int(ping["seq"]), ts, lat, lon, speed, now
+        m.heading = ping["heading_deg"]
+    m.seq, m.ts, m.lat, m.lon, m.speed, m.seen_at = ping["seq"], ts, lat, lon, speed, now
     return m, facts
 
 

@@ -123,25 +123,30 @@ def step_with_facts(
     state: StallState | None, ping: Ping, now: float, around: Around | None
 ) -> tuple[StallState, list[IncidentEvent], list[motion.Fact]]:
     """:func:`step`, also returning the motion facts (the crash detector's input)."""
+    parked = ping.get("state") == "parked"
     if state is None:
         state = StallState(motion.seed(ping, now))
-        _note_parked(state, ping)
+        if parked and state.motion.still_since is not None:
+            state.parked_since = state.motion.still_since
         return state, [], []
-    ts = float(ping["ts"])
+    ts = ping["ts"]
     if ts <= state.motion.ts:
         return state, [], []
-    emits: list[IncidentEvent] = []
     quiet = ts - state.motion.ts > QUIET_S
     state.motion, facts = motion.step(state.motion, ping, now)
     m = state.motion
+    if parked and m.still_since is not None:
+        state.parked_since = m.still_since
+    if state.stall is None and m.still_since is None:
+        return state, [], facts  # moving and nothing open: most pings end here
+    emits: list[IncidentEvent] = []
     if state.stall is not None:
         if quiet:
             emits += _clear(state, now, "gone_quiet")
-        elif ping.get("state") == "parked":
+        elif parked:
             emits += _clear(state, now, "parked")
         elif m.still_since != state.stall.since_ts or any(isinstance(f, motion.Moving) for f in facts):
             emits += _clear(state, now, "moved_on")
-    _note_parked(state, ping)
     if state.stall is not None:
         if now >= state.stall.expires_at - LIFETIME_S / 2:
             state.stall.expires_at = now + LIFETIME_S  # still there: keep it alive for the drivers
@@ -170,11 +175,6 @@ def step_with_facts(
         )
         emits.append(_event(state.stall, "opened", now))
     return state, emits, facts
-
-
-def _note_parked(state: StallState, ping: Ping) -> None:
-    if ping.get("state") == "parked" and state.motion.still_since is not None:
-        state.parked_since = state.motion.still_since
 
 
 def tick(state: StallState, now: float) -> list[IncidentEvent]:
