@@ -88,7 +88,6 @@ class Dispatcher:
         self.wake = wake or _set_wake
         self.latency = latency
         self.tick_s = tick_s
-        self.sockets: dict[Client, RawSocket] = {}
         # drivers with news in order of notice, and when each may be written (its last write + the
         # spacing then): two deques, not one of pairs — a pair per notice, alive until its pass,
         # made the young GC generation fill and collect ~50 times a second
@@ -101,11 +100,11 @@ class Dispatcher:
 
     def attach(self, client: Client, sock: RawSocket) -> None:
         """Serve ``client`` by direct writes to ``sock`` from now on."""
-        self.sockets[client] = sock
+        client.sock = sock
         client.notify = self.notify
 
     def detach(self, client: Client) -> None:
-        self.sockets.pop(client, None)
+        client.sock = None
         client.notify = None
 
     def notify(self, client: Client) -> None:
@@ -133,7 +132,7 @@ class Dispatcher:
         self.scheduled = False
         now = time.monotonic()
         horizon = now + self._early()
-        ready, due, sockets, wake, sent, writes = self.ready, self.due, self.sockets, self.wake, list[Message](), 0
+        ready, due, wake, sent, writes = self.ready, self.due, self.wake, list[Message](), 0
         start, n = now, 0
         for _ in range(len(ready)):  # not those queued meanwhile (a pass queues none, but bounded)
             if due[0] > horizon:
@@ -146,7 +145,7 @@ class Dispatcher:
             client = ready.popleft()
             due.popleft()
             client.notified = False
-            sock = sockets.get(client)
+            sock = client.sock
             if sock is None:
                 continue  # gone meanwhile
             if client.overflowed or not sock.ready():

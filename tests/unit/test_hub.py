@@ -225,3 +225,19 @@ def test_tombstone_reaches_only_those_told_of_the_cell() -> None:
     assert h.on_condition(A, None) == 1
     assert _decoded(told) == [{"type": "condition", "cell": A, "condition": None}] and never.drain() == []
     assert A not in h.conditions and h.on_condition(A, None) == 0  # a second tombstone is no news
+
+
+def test_what_a_driver_was_told_of_a_cell_outlives_a_spell_of_not_watching_it() -> None:
+    # while watched, the hub's subs hold it; while not, the client's told: either way no repeat
+    h = Hub()
+    h.on_condition(A, _cond(A, 1))
+    cl = _client(h, {A: NORTH})
+    assert len(_decoded(cl)) == 1
+    h.subscribe(cl, {B: NORTH})  # A behind it for a while
+    assert h.on_condition(A, _cond(A, 2, {NORTH: 12.1})) == 0  # not watched: not queued
+    h.subscribe(cl, {A: NORTH})
+    assert cl.drain() == []  # back in view, unchanged for its direction: told already
+    h.subscribe(cl, {A: NORTH + 1})
+    assert cl.drain() == []  # watched in the next sector, which sees the same: still no news
+    assert h.on_condition(A, _cond(A, 3, {NORTH: 3.0})) == 1
+    assert [m["condition"]["version"] for m in _decoded(cl)] == [3]
