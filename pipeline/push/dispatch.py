@@ -81,9 +81,14 @@ class Dispatcher:
         wake: Callable[[Client], None] | None = None,
         writes: Counter | None = None,
         lag: Callable[[], float] | None = None,
+        published: Callable[[], float | None] | None = None,
+        lead_s: float = 0.0,
     ) -> None:
         self.delivered = delivered
         self.lag = lag  # s the consumer is behind the topics (pipeline/push/service.py)
+        # when the news being queued now was published (time.monotonic(); None: now), and how much
+        # sooner than its spacing a driver may be written for news that reached the worker late
+        self.published, self.lead_s = published, lead_s
         self.writes = writes  # socket writes by the passes (each of one or more frames)
         self.wake = wake or _set_wake
         self.latency = latency
@@ -109,9 +114,14 @@ class Dispatcher:
 
     def notify(self, client: Client) -> None:
         """The hub's hook: ``client`` has news; deliver it one spacing after its last write (or at
-        the end of this loop turn)."""
+        the end of this loop turn). News published before that write, which reached the worker only
+        after it (its time in Kafka), brings the write forward by that time, up to ``lead_s``: the
+        spacing counts from its publication, not from its arrival."""
         self.ready.append(client)
-        self.due.append(client.written + self.spacing)
+        due = client.written + self.spacing
+        if self.published is not None and (at := self.published()) is not None and at < client.written:
+            due -= min(client.written - at, self.lead_s)
+        self.due.append(due)
         if not self.scheduled:
             self._schedule(asyncio.get_running_loop())
 

@@ -59,6 +59,9 @@ class PushService:
         )
         self.caught_up = asyncio.Event()
         self.lag_s = 0.0  # how old the newest record of the last live batch was (0: nothing waiting)
+        # while a live record is applied, when it was published (its Kafka timestamp, on the
+        # time.monotonic() scale): delivery counts a driver's spacing from there (pipeline/push/dispatch.py)
+        self.published: float | None = None
         # For the Waze feed: the latest version of every open alert, and the latest condition
         # of the cells at level >= 1 only (a feed lists jams, and free cells are most cells).
         self.open_alerts: dict[str, dict[str, Any]] = {}
@@ -105,11 +108,15 @@ class PushService:
             while True:
                 batch = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
                 live = self.caught_up.is_set()
+                wall, mono = time.time(), time.monotonic()
                 for tp, msgs in batch.items():
                     for m in msgs:
+                        if live:  # (a timestamp ahead of this clock is taken as now)
+                            self.published = mono - max(0.0, wall - m.timestamp / 1000.0)
                         self._apply(tp.topic, m.key, m.value, live)
                     if not live and tp in pending and msgs[-1].offset + 1 >= end[tp]:
                         pending.discard(tp)
+                self.published = None
                 if not live and not pending:
                     self.caught_up.set()
                 if live:

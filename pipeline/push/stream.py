@@ -33,6 +33,9 @@ from pipeline.push.watch import cone_watch, corridor_watch
 from pipeline.tokens import TokenError, bearer
 
 MAX_FRAME = 64 * 1024
+# News that spent time in Kafka may bring its driver's write forward by up to this share of the tick
+# (pipeline/push/dispatch.py): at most twice as many writes for drivers whose news all came late
+LEAD_TICKS = 0.5
 WATCHDOG_S = 0.5
 
 
@@ -91,7 +94,14 @@ class StreamEndpoint:
         self.conns: dict[Client, tuple[WebSocket, RawSocket]] = {}
         tick_s = svc.s.push_tick_ms / 1000.0
         self.dispatch = Dispatcher(
-            svc.delivered, svc.delivery, tick_s, wake=self.wake, writes=svc.writes, lag=lambda: svc.lag_s
+            svc.delivered,
+            svc.delivery,
+            tick_s,
+            wake=self.wake,
+            writes=svc.writes,
+            lag=lambda: svc.lag_s,
+            published=lambda: svc.published,
+            lead_s=tick_s * LEAD_TICKS,
         )
         spacing = "least time between two writes to a driver now (the tick when busy)"
         svc.metrics.gauge("traverz_push_spacing_seconds", spacing, lambda: self.dispatch.spacing)

@@ -223,6 +223,35 @@ async def test_each_driver_is_spaced_from_its_own_last_write() -> None:
     assert frames_of(socks[b].writes[-1])[0]["condition"]["version"] == 2
 
 
+async def test_news_that_reached_the_worker_late_brings_its_drivers_write_forward() -> None:
+    published: list[float | None] = [None]
+    reg = Registry()
+    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg), published=lambda: published[0], lead_s=0.1)
+    h, late, fresh = Hub(), Client("late"), Client("fresh")
+    other = geo.cell(48.87, 2.36, 9)
+    socks = {late: MemorySocket(), fresh: MemorySocket()}
+    for cl, sock in socks.items():
+        d.attach(cl, sock)  # type: ignore[arg-type]
+        h.add(cl)
+    h.subscribe(late, {A: 0})
+    h.subscribe(fresh, {other: 0})
+    d.spacing = 0.2  # (tick 0: it stays)
+    h.on_condition(A, _cond(1, 3.0))
+    h.on_condition(other, {**_cond(1, 3.0), "cell": other})
+    await asyncio.sleep(0)  # both written now (never before)
+    published[0] = late.written - 0.3  # 0.3 s in Kafka: published before that write, arrived after it
+    h.on_condition(A, _cond(2, 13.0))
+    published[0] = time.monotonic()  # straight from Kafka
+    h.on_condition(other, {**_cond(2, 13.0), "cell": other})
+    published[0] = None
+    await asyncio.sleep(0.03)
+    assert [len(s.writes) for s in socks.values()] == [1, 1]  # forward by at most lead_s, not 0.3 s
+    await asyncio.sleep(0.1)  # late: due 0.2 - 0.1 s after its write; fresh: 0.2 s (each less 0.2 / SLICES)
+    assert [len(s.writes) for s in socks.values()] == [2, 1]
+    await asyncio.sleep(0.12)
+    assert [len(s.writes) for s in socks.values()] == [2, 2]
+
+
 async def test_behind_on_kafka_the_spacing_may_pass_the_tick() -> None:
     lag = [0.0]
     reg = Registry()
