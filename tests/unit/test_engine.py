@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -509,6 +510,28 @@ def test_published_cells_are_reevaluated_at_most_every_second_new_ones_at_once()
     assert run.conditions[geo.cell(*other, 9)] is not None  # news goes at once
     latest = run.conditions[cell]
     assert latest is not None and latest["version"] > first["version"]  # 1 s after the first: re-evaluated
+
+
+def test_a_published_cell_is_pending_again_only_once_enough_of_its_window_is_new() -> None:
+    """Triaging every touched busy cell at every tick cost a tenth of the worker; the window says when."""
+    from pipeline import pacing
+
+    run = Run()
+    traffic(run, 20, 10.0)
+    run.tick(0.5)
+    cell = geo.cell(LAT, LON, 9)
+    assert run.conditions[cell] is not None
+    window = run.engine.cells.values[cell]
+    assert window.wake_at == window.added + math.ceil(pacing.REEVALUATE_SHARE * 20)
+    run.tick(1.0)
+    assert cell not in run.engine.pacing.pending
+    traffic(run, 1, 10.0, prefix="one")  # 1 new of 20: too little to matter
+    assert cell not in run.engine.pacing.pending
+    traffic(run, 1, 2.0, prefix="two")  # 2 new of 20: the share is reached
+    assert cell in run.engine.pacing.pending
+    run.tick(1.0)
+    assert run.engine.pacing.evaluated_at[cell] == run.now  # re-evaluated with them
+    assert window.wake_at == window.added + math.ceil(pacing.REEVALUATE_SHARE * 22)
 
 
 def test_sparse_cells_cost_no_reading_and_still_expire(monkeypatch: pytest.MonkeyPatch) -> None:
