@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -683,6 +684,7 @@ async def _run(plan: Plan, bootstrap: str, partitions: int, k: int, work: Path, 
 
 
 def main(s: Settings, plan: Plan) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the /healthz polls, 4 a second: not news
     home = s.home
     lay = kafka_local.layout(home, _free_port(), _free_port())
     work = Path(tempfile.mkdtemp(prefix="traverz-bench-stream-"))
