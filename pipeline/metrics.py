@@ -71,10 +71,11 @@ class Histogram:
         self.total = 0.0
         self.n = 0
 
-    def observe(self, v: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, v)] += 1
-        self.total += v
-        self.n += 1
+    def observe(self, v: float, times: int = 1) -> None:
+        """``times`` observations of ``v`` (a coalesced flush answers its requests at once)."""
+        self.counts[bisect.bisect_left(self.bounds, v)] += times
+        self.total += v * times
+        self.n += times
 
     def render(self) -> Iterable[str]:
         yield f"# HELP {self.name} {self.doc}"
