@@ -196,18 +196,24 @@ async def test_costly_passes_are_spaced_up_to_the_tick_and_join_a_drivers_news()
     assert d.writes is not None and d.writes.get() == 5 and d.delivered.get() == 7  # frames per write counted
 
 
-async def test_each_driver_is_spaced_from_its_own_last_write() -> None:
-    reg = Registry()
-    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg))  # tick 0: the spacing set below stays
-    h, a, b = Hub(), Client("a"), Client("b")
+def _two_drivers(d: Dispatcher, first: str, second: str) -> tuple[Hub, Client, Client, str, dict[Client, MemorySocket]]:
+    """Two drivers on ``d``'s sockets, the first watching A, the second another cell; spacing 0.2 s."""
+    h, one, two = Hub(), Client(first), Client(second)
     other = geo.cell(48.87, 2.36, 9)
-    socks = {a: MemorySocket(), b: MemorySocket()}
+    socks = {one: MemorySocket(), two: MemorySocket()}
     for cl, sock in socks.items():
         d.attach(cl, sock)  # type: ignore[arg-type]
         h.add(cl)
-    h.subscribe(a, {A: 0})
-    h.subscribe(b, {other: 0})
-    d.spacing = 0.2
+    h.subscribe(one, {A: 0})
+    h.subscribe(two, {other: 0})
+    d.spacing = 0.2  # (tick 0: it stays)
+    return h, one, two, other, socks
+
+
+async def test_each_driver_is_spaced_from_its_own_last_write() -> None:
+    reg = Registry()
+    d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg))  # tick 0: the spacing set below stays
+    h, _, b, other, socks = _two_drivers(d, "a", "b")
     h.on_condition(A, _cond(1, 3.0))  # a was never written: at once
     await asyncio.sleep(0)
     await asyncio.sleep(0.1)
@@ -227,15 +233,7 @@ async def test_news_that_reached_the_worker_late_brings_its_drivers_write_forwar
     published: list[float | None] = [None]
     reg = Registry()
     d = Dispatcher(reg.counter("sent", "sent"), DeliveryLatency(reg), published=lambda: published[0], lead_s=0.1)
-    h, late, fresh = Hub(), Client("late"), Client("fresh")
-    other = geo.cell(48.87, 2.36, 9)
-    socks = {late: MemorySocket(), fresh: MemorySocket()}
-    for cl, sock in socks.items():
-        d.attach(cl, sock)  # type: ignore[arg-type]
-        h.add(cl)
-    h.subscribe(late, {A: 0})
-    h.subscribe(fresh, {other: 0})
-    d.spacing = 0.2  # (tick 0: it stays)
+    h, late, _, other, socks = _two_drivers(d, "late", "fresh")
     h.on_condition(A, _cond(1, 3.0))
     h.on_condition(other, {**_cond(1, 3.0), "cell": other})
     await asyncio.sleep(0)  # both written now (never before)
