@@ -1,0 +1,3 @@
+from typing import Any
+
+def check_pings(pings: list[Any], cell_res: int, error: type[Exception], /) -> None: ...
