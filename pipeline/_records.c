@@ -7,7 +7,8 @@
  * exactly the one h3-py computes; the cell strings are interned in a bounded cache (a city
  * is a few thousand res-9 cells) so the engine's dict look-ups compare by identity.
  *
- * Semantics are ``pings._check_pings_py``'s, which the unit tests hold equal.
+ * Semantics are the Python loop's it replaced (kept as ``pipeline.bench.stream.decode_python``,
+ * the raw baseline's decode); tests/unit/test_records.py holds the two equal.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

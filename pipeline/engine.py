@@ -141,12 +141,15 @@ class Engine:
 
     # -- records ------------------------------------------------------------
     def on_pings(self, batch: Sequence[Ping], partition: int, now: float) -> Output:
-        """One decoded ping record of ``partition``: windows, baseline, per-device detectors."""
+        """One decoded ping record of ``partition``: windows, baseline, per-device detectors.
+
+        Each ping carries its ``cell_res`` ``"cell"``, as :func:`pipeline.pings.decode_record` gives it.
+        """
         out = Output()
         cells, devices = self.cells, self.devices
         windows, trackers = cells.values, devices.values
-        cell_res, key_res = self.cell_res, self.key_res
-        to_cell, to_parent = h3.latlng_to_cell, h3.cell_to_parent
+        key_res = self.key_res
+        to_parent = h3.cell_to_parent
         step, needs_around = stall.step_with_facts, stall.needs_around
         parents = self.parents
         spots = self.spots
@@ -156,7 +159,7 @@ class Engine:
         touched_devices: set[str] = set()
         duplicates = 0
         for p in sorted(batch, key=_by_ts) if len(batch) > 1 else batch:
-            c9 = to_cell(p["lat"], p["lon"], cell_res)
+            c9 = p["cell"]
             dev = p["device_id"]
             if c9 in watched:  # someone stands near: does this one go past them?
                 spots.see(c9, dev, p["ts"], p["lat"], p["lon"], p["speed_mps"], p["heading_deg"])

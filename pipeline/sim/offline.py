@@ -32,6 +32,7 @@ import orjson
 
 from pipeline import geo
 from pipeline.engine import Engine, Output, Tables
+from pipeline.pings import with_cells
 from pipeline.sim import score
 from pipeline.sim.inject import Injector
 from pipeline.sim.phones import Phone, chosen
@@ -96,7 +97,7 @@ def _post(engine: Engine, run: Offline, device: str, batch: list[dict[str, Any]]
         p = dict(p, device_id=device)
         by_key[geo.cell(p["lat"], p["lon"], 7)].append(p)
     for key7, pings in by_key.items():
-        _collect(run, engine.on_pings(pings, _partition(key7), now))
+        _collect(run, engine.on_pings(with_cells(pings), _partition(key7), now))
     run.pings += len(batch)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import geo
 from pipeline.engine import Engine, Output, RecordProblem, Tables
-from pipeline.pings import RecordError, decode_record, encode_record
+from pipeline.pings import RecordError, decode_record, encode_record, with_cells
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 ALERT = jsonschema.Draft7Validator(json.loads((SCHEMAS / "alert.schema.json").read_text()))
@@ -51,7 +51,7 @@ class Run:
         }
 
     def feed(self, batch: list[dict[str, Any]], partition: int = 0) -> Output:
-        out = self.engine.on_pings(batch, partition, self.now)
+        out = self.engine.on_pings(with_cells(batch), partition, self.now)
         self.engine.flush(partition, self.now)
         self._collect(out)
         return out
@@ -365,7 +365,7 @@ def test_poison_ping_records_are_refused(ping: dict[str, Any]) -> None:
     good = {"device_id": "d", "seq": 1, "ts": T0, "lat": LAT, "lon": LON, "speed_mps": 1.0, "heading_deg": 0.0}
     with pytest.raises(RecordError):
         decode_record(encode_record("k", [{**good, **ping}], T0))
-    assert decode_record(encode_record("k", [good], T0))[2] == [good]
+    assert decode_record(encode_record("k", [good], T0))[2] == [{**good, "cell": geo.cell(LAT, LON, 9)}]
 
 
 # -- a vehicle crossing a partition key boundary ------------------------------------
