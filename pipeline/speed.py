@@ -110,9 +110,10 @@ class CellSpeedWindow:
     buckets: dict[int, dict[int, SectorBucket]] = field(default_factory=dict)
     seen: dict[str, SeqWindow] = field(default_factory=dict)
     added: int = 0  # pings counted by this copy (not persisted): how much changed since a reading
-    # merged buckets before the open one, for stats(): (window key, open bucket start, per sector).
-    # Closed buckets rarely change (a late ping), the open one always does: a reading merges two
-    # things instead of ten. Not persisted; dropped whenever a closed bucket changes.
+    # merged buckets before the open one, for stats(): (window key, open bucket start, per sector);
+    # it holds the buckets with ``key < start // BUCKET_S < open start // BUCKET_S``. Closed buckets
+    # change only by a late ping, the open one always does: a reading merges two things instead of
+    # ten. A late ping is added to the merge as well; not persisted; dropped when a bucket expires.
     _closed: tuple[int, int, dict[int, SectorBucket]] | None = field(default=None, compare=False, repr=False)
     _swept_at: float = field(default=0.0, compare=False, repr=False)  # last sweep of ``seen`` (not persisted)
     # the ``added`` count from which the conditions side wants to hear of this cell again
@@ -155,9 +156,15 @@ class CellSpeedWindow:
         sectors = self.buckets.get(start)
         if sectors is None:
             sectors = self.buckets[start] = {}
-        if self._closed is not None and start < self._closed[1]:
-            self._closed = None  # a late ping changed a closed bucket
         sec = int(((heading + _HALF_SECTOR) % 360.0) // geo.SECTOR_WIDTH)  # geo.sector, inlined: hot path
+        closed = self._closed
+        if closed is not None and start < closed[1] and start > closed[0] * BUCKET_S:
+            # a late ping in a bucket the merge holds: counted there too, so a reading does not
+            # merge the whole window again (catching up after lag or a restart, every ping is late)
+            merged = closed[2].get(sec)
+            if merged is None:
+                merged = closed[2][sec] = SectorBucket()
+            merged.add(speed, device)
         bucket = sectors.get(sec)
         if bucket is None:
             bucket = sectors[sec] = SectorBucket()

@@ -296,7 +296,7 @@ def _naive_stats(w: CellSpeedWindow, now: float) -> dict[int, tuple[int, float, 
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_cached_reading_equals_a_full_merge_through_late_pings_and_expiry(data: st.DataObject) -> None:
-    # the closed buckets are merged once and reused; late pings and expiry must invalidate that
+    # the closed buckets are merged once and reused; late pings must reach the merge, expiry drop it
     w = CellSpeedWindow()
     now = 10_000.0
     seqs: dict[str, int] = {}
@@ -313,6 +313,22 @@ def test_cached_reading_equals_a_full_merge_through_late_pings_and_expiry(data: 
             assert got == _naive_stats(w, now)
         if data.draw(st.integers(0, 9)) == 0:
             w.expire(now)
+
+
+def test_a_late_ping_is_added_to_the_merged_closed_buckets_not_merged_again() -> None:
+    """Catching up, most pings are late: each must not cost a merge of the whole window."""
+    w = CellSpeedWindow()
+    now = 10_000.0
+    for i in range(8):
+        w.add(f"d{i}", 1, now - 30.0 * i, 10.0 + i, 0.0, now)
+    w.stats(now)
+    merged = w._closed
+    w.add("late", 1, now - 100.0, 30.0, 0.0, now)  # a closed bucket the merge holds
+    w.add("late", 2, now - 290.0, 31.0, 180.0, now)  # a new sector in the oldest bucket held
+    assert w._closed is merged
+    got = {s.sector: (s.samples, round(s.mean_mps, 9), s.devices, s.median_mps, s.p85_mps)
+           for s in w.stats(now).values()}
+    assert got == _naive_stats(w, now) and got[0][0] == 9 and got[4][0] == 1
 
 
 def test_could_reach_bounds_the_devices_of_a_sector_from_above() -> None:
