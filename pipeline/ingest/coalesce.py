@@ -7,7 +7,8 @@ arriving within ``linger_s`` share a flush: their pings are grouped by the Kafka
 *partition* their key lands on, put into records of at most ``max_pings``, produced
 together, and every request waits for the acknowledgement of the whole flush — 202
 still means Kafka holds the request's pings, and a failed flush fails every request
-in it.
+in it. A request hands in its pings already keyed and encoded (``wire.Group``: the
+pings of one key as JSON fragments), so a record is joined from bytes.
 
 Grouping per partition rather than per key: a city has hundreds of res-7 keys but a
 topic has a handful of partitions, so per-key records would stay small. A record's
@@ -24,12 +25,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import h3.api.basic_int as h3int
 from aiokafka.partitioner import murmur2
-from h3 import _cy as h3cy
 
 from pipeline import pings
-from pipeline.ingest.wire import WirePing, encode_record
+from pipeline.ingest.wire import Group, Keying, encode_record
 
 # (records, timeout, each record's partition or None when the partition count is not known)
 Send = Callable[[list[tuple[bytes, bytes]], float, list[int] | None], Awaitable[None]]
@@ -64,99 +63,45 @@ def _key_and_partition(index: int, partitions: int) -> tuple[str, int]:
     return hit
 
 
-# H3's integer API wraps its Cython core in a Python function (~0.3 µs a call); the core
-# returns the same integer (the unit tests hold it equal to ``geo.key_cell``)
-_latlng_to_cell = getattr(h3cy, "latlng_to_cell", h3int.latlng_to_cell)
-_RES_BITS = 0xF << 52  # an H3 index's resolution field
+# (record key, partition (-1: not known), the groups' fragments, pings)
+Record = tuple[str, int, list[bytes], int]
 
 
-def _parent_bits(res: int) -> tuple[int, int]:
-    """``(keep, set)`` so that ``cell & keep | set`` is a cell's parent at ``res`` (for cells of a finer res).
+def place(groups: list[Group], partitions: int | None, max_pings: int = pings.MAX_BATCH) -> list[Record]:
+    """The records a flush's groups go out in: per partition, at most ``max_pings`` pings each.
 
-    The parent of an H3 cell is the cell with the resolution field set to ``res`` and the
-    digits below ``res`` set to 7 (unused) — bit operations instead of a call into H3.
+    A record takes the groups of its partition in arrival order until the next one would pass
+    ``max_pings``; it is keyed by its first group's key, so every ping of it has a key hashing to
+    the record's partition. With ``partitions`` unknown (None or 0: no metadata yet), records are
+    per key, as the stream side needs at the least. A group never holds more than ``max_pings``
+    (``wire.Keying``), and pings keep their arrival order within a partition.
     """
-    if not 0 <= res <= 15:
-        raise ValueError(f"not an H3 resolution: {res}")
-    return ~_RES_BITS, (res << 52) | ((1 << (3 * (15 - res))) - 1)
-
-
-def group_by_partition(
-    batch: list[WirePing],
-    partitions: int | None,
-    key_res: int = 7,
-    cell_res: int = 9,
-    max_pings: int = pings.MAX_BATCH,
-) -> list[tuple[str, list[WirePing]]]:
-    """``(record key, pings)`` pairs: the pings of one partition in records of at most ``max_pings``.
-
-    Each ping's key is ``geo.key_cell`` (the ``key_res`` parent of its ``cell_res`` cell),
-    computed on H3's Cython core plus bit operations for the parent (~0.8 µs instead of 1.4 µs a
-    ping through ``geo``; the unit tests hold
-    it equal to ``geo.key_cell``). The record key is the key of the record's first ping, so
-    every ping of the record has a key hashing to the record's partition. With ``partitions``
-    unknown (None or 0: no metadata yet), pings are grouped per key, as the stream side needs
-    at the least. Arrival order is kept within a partition.
-    """
-    if key_res > cell_res:
-        raise ValueError(f"the key resolution {key_res} is finer than the cell resolution {cell_res}")
-    to_cell = _latlng_to_cell
-    keep, put = _parent_bits(key_res)
-    if not partitions:
-        by_key: dict[int, list[WirePing]] = {}
-        for p in batch:
-            k = to_cell(p.lat, p.lon, cell_res) & keep | put
-            group = by_key.get(k)
-            if group is None:
-                by_key[k] = [p]
+    open_: dict[int, list[Any]] = {}  # partition (or key) → the record being filled
+    out: list[list[Any]] = []
+    if partitions:
+        cache = _keys if partitions == _keys_for else {}
+        for index, count, fragment in groups:
+            hit = cache.get(index)
+            if hit is None:
+                hit = _key_and_partition(index, partitions)
+                cache = _keys
+            rec = open_.get(hit[1])
+            if rec is None or rec[3] + count > max_pings:
+                rec = open_[hit[1]] = [hit[0], hit[1], [fragment], count]
+                out.append(rec)
             else:
-                group.append(p)
-        return [
-            (format(k, "x"), chunk[i : i + max_pings])
-            for k, chunk in by_key.items()
-            for i in range(0, len(chunk), max_pings)
-        ]
-    return [(key, chunk) for key, _, chunk in _partition_records(batch, partitions, key_res, cell_res, max_pings)]
-
-
-def _partition_records(
-    batch: list[WirePing], partitions: int, key_res: int, cell_res: int, max_pings: int
-) -> list[tuple[str, int, list[WirePing]]]:
-    """``(record key, partition, pings)`` for a known partition count: ``group_by_partition``'s work.
-
-    Per ping only the H3 call, one cache lookup and one append (measured: the per-ping key list
-    and the per-partition dict cost as much as the H3 call). A record's key is the key of its
-    first ping, computed again for the few records past a partition's first.
-    """
-    to_cell = _latlng_to_cell
-    keep, put = _parent_bits(key_res)
-    # one pass in arrival order, so a device's pings of one partition stay in the order it sent them
-    slots: list[list[WirePing] | None] = [None] * partitions
-    heads: list[str] = [""] * partitions
-    cache = _keys if partitions == _keys_for else {}
-    for p in batch:
-        index = to_cell(p.lat, p.lon, cell_res) & keep | put
-        hit = cache.get(index)
-        if hit is None:
-            hit = _key_and_partition(index, partitions)
-            cache = _keys
-        part = hit[1]
-        slot = slots[part]
-        if slot is None:
-            slots[part] = [p]
-            heads[part] = hit[0]
-        else:
-            slot.append(p)
-    out: list[tuple[str, int, list[WirePing]]] = []
-    for part, slot in enumerate(slots):
-        if slot is None:
-            continue
-        out.append((heads[part], part, slot[:max_pings] if len(slot) > max_pings else slot))
-        for i in range(max_pings, len(slot), max_pings):  # keyed by its first ping: one of its own keys
-            first = slot[i]
-            key = format(to_cell(first.lat, first.lon, cell_res) & keep | put, "x")
-            out.append((key, part, slot[i : i + max_pings]))
-    return out
+                rec[2].append(fragment)
+                rec[3] += count
+    else:
+        for index, count, fragment in groups:
+            rec = open_.get(index)
+            if rec is None or rec[3] + count > max_pings:
+                rec = open_[index] = [format(index, "x"), -1, [fragment], count]
+                out.append(rec)
+            else:
+                rec[2].append(fragment)
+                rec[3] += count
+    return [(key, part, fragments, count) for key, part, fragments, count in out]
 
 
 class Coalescer:
@@ -188,13 +133,15 @@ class Coalescer:
         self.on_acked = on_acked
         self.max_in_flight = max_in_flight  # flushes awaiting their ack at once (one per producer)
         self.partitions = partitions
-        self.key_res, self.cell_res = key_res, cell_res
+        # what the requests' groups are keyed and capped by (the handler scans bodies with it)
+        self.keying = Keying(key_res, cell_res, max_pings)
         self.linger_s = linger_s
         self.timeout_s = timeout_s
         self.max_pings = max_pings
         self.clock = clock
-        self._pending: list[WirePing] = []
+        self._pending: list[Group] = []
         self._requests = 0  # submits in the pending flush
+        self._pings = 0  # pings in the pending flush
         self._done: asyncio.Future[None] | None = None
         self._deadline = 0.0  # loop time by which the pending requests must have their answer
         self._handle: asyncio.TimerHandle | None = None
@@ -205,8 +152,9 @@ class Coalescer:
         self.records = 0
         self.pings = 0
 
-    def submit(self, batch: list[WirePing]) -> asyncio.Future[None]:
-        """Queue validated pings; the future resolves when Kafka acked them (or fails with why not).
+    def submit(self, groups: list[Group], count: int) -> asyncio.Future[None]:
+        """Queue a request's ``count`` validated pings, grouped by ``self.keying``; the future resolves
+        when Kafka acked them (or fails with why not).
 
         The future is shared by every request of the flush: awaiting it is all a request does.
         """
@@ -216,8 +164,9 @@ class Coalescer:
             done = self._done = loop.create_future()
             self._deadline = loop.time() + self.timeout_s
             self._handle = loop.call_later(self.linger_s, self._linger_over)
-        self._pending.extend(batch)
+        self._pending.extend(groups)
         self._requests += 1
+        self._pings += count
         return done
 
     def _linger_over(self) -> None:
@@ -231,11 +180,13 @@ class Coalescer:
             self._due = True
 
     def _flush(self) -> None:
-        batch, done, requests = self._pending, self._done, self._requests
-        self._pending, self._done, self._due, self._requests = [], None, False, 0
+        groups, done, requests, count = self._pending, self._done, self._requests, self._pings
+        self._pending, self._done, self._due, self._requests, self._pings = [], None, False, 0, 0
         if done is None:
             return
-        task = asyncio.get_running_loop().create_task(self._produce(batch, done, self._deadline, requests))
+        task = asyncio.get_running_loop().create_task(
+            self._produce(groups, done, self._deadline, requests, count)
+        )
         self._flushing.add(task)
         self._tasks.add(task)  # keep a reference until done (the loop holds only weak ones)
         task.add_done_callback(self._flushed)
@@ -256,7 +207,7 @@ class Coalescer:
                 self._flush()
 
     async def _produce(
-        self, batch: list[WirePing], done: asyncio.Future[None], deadline: float, requests: int = 1
+        self, groups: list[Group], done: asyncio.Future[None], deadline: float, requests: int, count: int
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -265,17 +216,12 @@ class Coalescer:
                 raise KafkaUnavailable("Kafka did not acknowledge in time")
             n = self.partitions()
             now = self.clock()
-            parts: list[int] | None = None
-            if n:
-                placed = _partition_records(batch, n, self.key_res, self.cell_res, self.max_pings)
-                records = [(key.encode(), encode_record(key, chunk, now)) for key, _, chunk in placed]
-                parts = [part for _, part, _ in placed]
-            else:
-                groups = group_by_partition(batch, None, self.key_res, self.cell_res, self.max_pings)
-                records = [(key.encode(), encode_record(key, chunk, now)) for key, chunk in groups]
+            placed = place(groups, n, self.max_pings)
+            records = [(key.encode(), encode_record(key, fragments, now)) for key, _, fragments, _ in placed]
+            parts = [part for _, part, _, _ in placed] if n else None
             self.flushes += 1
             self.records += len(records)
-            self.pings += len(batch)
+            self.pings += count
             await self.send(records, left, parts)
         except asyncio.CancelledError:
             # shutting down mid-flush: the requests hear "unavailable", never a cancellation of their own
@@ -293,7 +239,7 @@ class Coalescer:
         if self.on_acked is not None:
             # the flush's first request waited longest: its wait stands for every request's (an
             # upper bound, by at most the linger)
-            self.on_acked(requests, len(batch), loop.time() - (deadline - self.timeout_s))
+            self.on_acked(requests, count, loop.time() - (deadline - self.timeout_s))
 
     async def drain(self) -> None:
         """Flush what is waiting now and wait for every flush in progress (at shutdown)."""

@@ -3,8 +3,8 @@
 Nearly every request of the proxy is this one, so it skips Starlette (router, middleware,
 ``Request``/``Response``: per request those cost more than auth, validation and the
 Kafka hand-off together). Per request it does: the five headers it reads, one dict look-up
-for a token seen before, the rate limit, the body, the pings decoded and checked by
-``wire.decode_common`` (the reference path for anything else), one ``Coalescer.submit``
+for a token seen before, the rate limit, the body, the pings checked, keyed and encoded
+by ``wire.scan`` in C (the reference path for anything else), one ``Coalescer.submit``
 whose shared future it awaits, and a prebuilt answer.
 """
 
@@ -45,27 +45,28 @@ class PingsRoute:
 
     def __init__(self, svc: IngestService) -> None:
         self.svc = svc
-        # Authorization header value → identity: a token seen before costs one look-up. Only
-        # verified tokens get in, and the expiry is checked on every hit (the verifier decides
-        # again once it passed). Cleared when full, like a restart would.
-        self._idents: dict[bytes, DeviceIdentity] = {}
+        # Authorization header value → (identity, its device id as JSON): a token seen before
+        # costs one look-up. Only verified tokens get in, and the expiry is checked on every hit
+        # (the verifier decides again once it passed). Cleared when full, like a restart would.
+        self._idents: dict[bytes, tuple[DeviceIdentity, bytes]] = {}
         self._status_series: dict[int, tuple[tuple[str, str], ...]] = {}
         self._accepted_answers: dict[int, tuple[list[tuple[bytes, bytes]], bytes]] = {}
 
-    def _identify(self, authorization: bytes | None, now: float) -> DeviceIdentity:
+    def _identify(self, authorization: bytes | None, now: float) -> tuple[DeviceIdentity, bytes]:
         if authorization is not None:
             hit = self._idents.get(authorization)
             if hit is not None:
-                if hit.expires_at > now:
+                if hit[0].expires_at > now:
                     return hit
                 del self._idents[authorization]  # the verifier says why (expired)
         header = None if authorization is None else authorization.decode("latin-1")
         ident = self.svc.verifier.verify(bearer(header), now)
+        found = ident, wire.device_json(ident.device_id)
         if authorization is not None:
             if len(self._idents) >= CACHE_SIZE:
                 self._idents.clear()
-            self._idents[authorization] = ident
-        return ident
+            self._idents[authorization] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         auth = ctype = clen = cenc = accept = None
@@ -89,7 +90,7 @@ class PingsRoute:
         doc: dict[str, Any]
         now = svc.clock()  # one reading per request: auth, rate limit and the pings' time bounds
         try:
-            ident = self._identify(auth, now)
+            ident, device = self._identify(auth, now)
         except TokenError as exc:
             status, doc = 401, {"error": "unauthorized", "detail": str(exc)}
         else:
@@ -112,22 +113,15 @@ class PingsRoute:
                         raw = await receive_limited(receive, None if clen is None else clen.decode("latin-1"))
                     if cenc is not None:
                         raw = inflate(raw, cenc.decode("latin-1"))
-                    fast = wire.decode_common(raw, ident.device_id, now)
+                    fast = wire.scan(raw, device, now, svc.coalescer.keying)
                     if fast is None:
                         status, doc = await self._accept_reference(raw, ident.device_id, now)
                     else:
-                        if isinstance(fast, wire.WirePing):
-                            good = [fast]
-                        else:
-                            good = fast
-                            if not good:
-                                raise BodyError(400, "empty_batch", "send at least one ping")
-                            if len(good) > pings.MAX_BATCH:
-                                raise BodyError(413, "batch_too_large", f"at most {pings.MAX_BATCH} pings per request")
-                        svc.batch_sizes.observe(len(good))
+                        count, groups = fast
+                        svc.batch_sizes.observe(count)
                         # 202, its count, the pings and the wait are told by the coalescer per flush
-                        await svc.coalescer.submit(good)
-                        out, body = self._accepted_answer(len(good))
+                        await svc.coalescer.submit(groups, count)
+                        out, body = self._accepted_answer(count)
                         await send({"type": "http.response.start", "status": 202, "headers": out})
                         await send({"type": "http.response.body", "body": body})
                         return
@@ -183,7 +177,8 @@ class PingsRoute:
         svc.batch_sizes.observe(len(items))
         if not good:
             return 400, {"error": "invalid_pings", "accepted": 0, "rejected": bad}
-        await svc.coalescer.submit([wire.from_dict(p) for p in good])  # counted per flush, as the fast path
+        groups = wire.group(good, svc.coalescer.keying)
+        await svc.coalescer.submit(groups, len(good))  # counted per flush, as the fast path
         return 202, {"accepted": len(good), "rejected": bad}
 
 

@@ -1,111 +1,109 @@
-"""Pings as the proxy carries them: decoded and range-checked in C, encoded into records in C.
+"""Pings as the proxy carries them: a body checked, keyed and encoded in C; records joined from bytes.
 
-``orjson.loads`` + a per-field check in Python cost ~1.4 µs a ping, most of it in the
-checks (measured, 50-ping batches). msgspec decodes a body straight into ``WirePing``
-structs and checks every range that does not depend on the clock while it parses (~0.4 µs
-a ping); the rest (``ts`` against now, the device id) is one short loop. The record is
-encoded from the same structs: no dict per ping on the way from the socket to Kafka.
+In Python a 50-ping body cost the proxy ~110 µs of its own (msgspec decode and checks, an
+H3 call per ping, the record encode) against the bare handler's ``orjson.loads``.
+``_fastpings.scan`` reads the body once and returns its pings in runs of one Kafka key as
+ready JSON fragments (``Group``), so a record is ``b",".join`` of its groups' fragments:
+no Python object per ping on the way from the socket to Kafka.
 
-The fast path only ever *accepts*. Anything it does not take as a whole — a refused ping,
-a value needing normalisation (360°), non-ASCII bytes, JSON it cannot read — sends the
-body down the reference path (``body.parse_json`` + ``accept.sort_pings``), which names
-the reasons; the unit tests hold both paths equal. Non-ASCII goes that way because
-msgspec skips unknown fields without checking their UTF-8, where orjson refuses the body.
+The fast path only ever *accepts*, and only whole bodies of the restricted JSON phones
+send (see ``_fastpings.c``). Anything else — a refused ping, 360°, an unknown key, an
+escape, non-ASCII bytes — sends the body down the reference path (``body.parse_json`` +
+``accept.sort_pings``), which names the reasons; its accepted pings become groups through
+``group``. The unit tests hold both paths equal.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
 
-import msgspec
+import h3.api.basic_int as h3int
+import orjson
+from h3 import _cy as h3cy
 
 from pipeline import pings
+from pipeline.ingest import _fastpings
 
-_Lat = Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)]
-_Lon = Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)]
-_Speed = Annotated[float, msgspec.Meta(ge=0.0, le=pings.MAX_SPEED_MPS)]
-# below 360: the reference path turns 360 into 0, so such a ping takes that path
-_Heading = Annotated[float, msgspec.Meta(ge=0.0, lt=360.0)]
-_Accuracy = Annotated[float, msgspec.Meta(ge=0.0, le=pings.MAX_ACCURACY_M)]
-_Seq = Annotated[int, msgspec.Meta(ge=0, lt=2**53)]
+# A run of consecutive pings of one request with one Kafka key: (the key cell's H3 index, pings, the
+# pings as JSON objects joined by commas). Runs, not one group per key: records joined from them keep
+# the order pings arrived in within a partition, as the stream side's per-device state expects.
+Group = tuple[int, int, bytes]
+
+# H3's integer API wraps its Cython core in a Python function (~0.3 µs a call); the core
+# returns the same integer (the unit tests hold the keys equal to ``geo.key_cell``)
+_latlng_to_cell = getattr(h3cy, "latlng_to_cell", h3int.latlng_to_cell)
+_RES_BITS = 0xF << 52  # an H3 index's resolution field
 
 
-class WirePing(msgspec.Struct, omit_defaults=True, gc=False):
-    """One accepted ping; encodes as the ping of a ``traverz.pings.v1`` record.
+@dataclass(frozen=True, slots=True)
+class Keying:
+    """How pings are keyed (``key_res`` parent of the ``cell_res`` cell) and how many go in one group."""
 
-    ``gc=False``: the struct holds only numbers and strings, so the cyclic GC need not track
-    the ~50 of them a batch makes.
+    key_res: int = 7
+    cell_res: int = 9
+    max_pings: int = pings.MAX_BATCH
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.key_res <= self.cell_res <= 15:
+            raise ValueError(f"need 0 <= key_res <= cell_res <= 15, not {self.key_res}, {self.cell_res}")
+        if self.max_pings < 1:
+            raise ValueError("max_pings must be at least 1")
+
+    def key(self, lat: float, lon: float) -> int:
+        """The key cell's H3 index: the parent of the point's ``cell_res`` cell, by bit operations.
+
+        The parent of an H3 cell is the cell with the resolution field set to ``key_res`` and the
+        digits below ``key_res`` set to 7 (unused) — what the C path does too.
+        """
+        put = (self.key_res << 52) | ((1 << (3 * (15 - self.key_res))) - 1)
+        return int(_latlng_to_cell(lat, lon, self.cell_res)) & ~_RES_BITS | put
+
+
+def device_json(device_id: str) -> bytes:
+    """The device id as the C path inserts it into every ping: a JSON string."""
+    return orjson.dumps(device_id)
+
+
+def scan(body: bytes, device: bytes, now: float, keying: Keying) -> tuple[int, list[Group]] | None:
+    """``(pings, groups)`` of a body the fast path takes whole, each ping carrying ``device``.
+
+    ``device`` is ``device_json(device_id)``. None when the reference path must decide
+    (anything refused or unusual, an empty array, more than ``pings.MAX_BATCH`` pings).
     """
-
-    seq: _Seq
-    ts: float
-    lat: _Lat
-    lon: _Lon
-    speed_mps: _Speed
-    heading_deg: _Heading
-    accuracy_m: _Accuracy
-    state: Literal["driving", "stopped", "parked"] | None = None  # omitted when None, as validate_ping does
-    # UNSET while decoding (absent from the body); a JSON null is refused, as a foreign id would be
-    device_id: str | msgspec.UnsetType = msgspec.UNSET
-
-
-_decoder = msgspec.json.Decoder(list[WirePing] | WirePing)
-_encoder = msgspec.json.Encoder()
-
-
-class _Record(msgspec.Struct, gc=False):
-    v: int
-    cell: str
-    ingest_ts: float
-    pings: list[WirePing]
-
-
-def decode_common(body: bytes, device_id: str, now: float) -> list[WirePing] | WirePing | None:
-    """The body's pings, each carrying ``device_id``, if the body is one the fast path takes whole.
-
-    Returns a ``WirePing`` for a body that is one object (one ping), a list for an array
-    (maybe empty: the caller refuses that), None when the reference path must decide.
-    """
-    if not body.isascii():
-        return None
-    try:
-        doc: list[WirePing] | WirePing = _decoder.decode(body)
-    except msgspec.MsgspecError:  # DecodeError and ValidationError both
-        return None
-    ts_lo, ts_hi = now - pings.MAX_AGE_S, now + pings.MAX_FUTURE_S
-    unset = msgspec.UNSET
-    if isinstance(doc, WirePing):
-        if not ts_lo <= doc.ts <= ts_hi or (doc.device_id is not unset and doc.device_id != device_id):
-            return None
-        doc.device_id = device_id
-        return doc
-    for p in doc:
-        if not ts_lo <= p.ts <= ts_hi or (p.device_id is not unset and p.device_id != device_id):
-            return None
-        p.device_id = device_id
-    return doc
-
-
-def from_dict(p: pings.Ping) -> WirePing:
-    """A ping the reference path accepted (``validate_ping``'s or the parsed dict), as a ``WirePing``."""
-    return WirePing(
-        seq=p["seq"],
-        ts=float(p["ts"]),
-        lat=float(p["lat"]),
-        lon=float(p["lon"]),
-        speed_mps=float(p["speed_mps"]),
-        heading_deg=float(p["heading_deg"]),
-        accuracy_m=float(p["accuracy_m"]),
-        state=p.get("state"),
-        device_id=p["device_id"],
+    return _fastpings.scan(
+        body,
+        device,
+        now - pings.MAX_AGE_S,
+        now + pings.MAX_FUTURE_S,
+        keying.cell_res,
+        keying.key_res,
+        keying.max_pings,
+        pings.MAX_BATCH,
     )
 
 
-def encode_record(key_cell: str, batch: list[WirePing], ingest_ts: float) -> bytes:
-    """``{"v": 1, "cell", "ingest_ts", "pings": [...]}``, as ``pings.encode_record`` writes it for dicts."""
-    return _encoder.encode(_Record(pings.RECORD_VERSION, key_cell, ingest_ts, batch))
+def group(accepted: list[pings.Ping], keying: Keying) -> list[Group]:
+    """The reference path's accepted pings as ``scan`` groups them: runs of one key, capped, in order."""
+    out: list[Group] = []
+    run: list[pings.Ping] = []
+    run_key = -1
+    for p in accepted:
+        k = keying.key(p["lat"], p["lon"])
+        if run and (k != run_key or len(run) >= keying.max_pings):
+            out.append((run_key, len(run), b",".join(map(orjson.dumps, run))))
+            run = []
+        run_key = k
+        run.append(p)
+    if run:
+        out.append((run_key, len(run), b",".join(map(orjson.dumps, run))))
+    return out
 
 
-def as_dict(p: WirePing) -> dict[str, Any]:
-    """The ping as the record's consumers read it (tests, the rare Python-side look)."""
-    return msgspec.to_builtins(p)  # type: ignore[no-any-return]
+def encode_record(key_cell: str, fragments: list[bytes], ingest_ts: float) -> bytes:
+    """``{"v": 1, "cell", "ingest_ts", "pings": [...]}`` from the groups' fragments, as ``pings.encode_record``."""
+    return b'{"v":%d,"cell":"%s","ingest_ts":%s,"pings":[%s]}' % (
+        pings.RECORD_VERSION,
+        key_cell.encode(),
+        orjson.dumps(ingest_ts),
+        b",".join(fragments),
+    )

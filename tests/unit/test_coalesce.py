@@ -11,22 +11,39 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline import geo
-from pipeline.ingest.coalesce import Coalescer, KafkaUnavailable, Send, group_by_partition, partition_of
-from pipeline.ingest.wire import WirePing
+from pipeline.ingest import wire
+from pipeline.ingest.coalesce import Coalescer, KafkaUnavailable, Send, partition_of, place
 
 PARTITIONS = 8
 BERLIN = (52.52, 13.405)
 
 
-def ping(dev: str, seq: int, lat: float = 52.5, lon: float = 13.4) -> WirePing:
-    return WirePing(device_id=dev, seq=seq, ts=1.0, lat=lat, lon=lon, speed_mps=1.0, heading_deg=0.0, accuracy_m=1.0)
+def ping(dev: str, seq: int, lat: float = 52.5, lon: float = 13.4) -> dict[str, Any]:
+    return {"device_id": dev, "seq": seq, "ts": 1.0, "lat": lat, "lon": lon, "speed_mps": 1.0, "heading_deg": 0.0,
+            "accuracy_m": 1.0}
 
 
-def spread(n: int, seed: int = 1) -> list[WirePing]:
+def spread(n: int, seed: int = 1) -> list[dict[str, Any]]:
     """Pings of ``n`` devices over ~20 km × 20 km: hundreds of res-7 keys over every partition."""
     rng = random.Random(seed)
     return [ping(f"d{i}", i, BERLIN[0] + rng.uniform(-0.1, 0.1), BERLIN[1] + rng.uniform(-0.15, 0.15))
             for i in range(n)]
+
+
+def submit(c: Coalescer, batch: list[dict[str, Any]]) -> asyncio.Future[None]:
+    """A request's pings handed to the coalescer as the handler does: keyed groups of JSON fragments."""
+    return c.submit(wire.group(batch, c.keying), len(batch))
+
+
+def placed(batch: list[dict[str, Any]], partitions: int | None, max_pings: int = 500) -> list[tuple[str, int, Any]]:
+    """``place``'s records for single-ping requests, with their pings read back."""
+    groups = [g for p in batch for g in wire.group([p], wire.Keying(max_pings=max_pings))]
+    out = []
+    for key_, part, fragments, count in place(groups, partitions, max_pings):
+        ps = orjson.loads(b"[%s]" % b",".join(fragments))
+        assert len(ps) == count <= max_pings
+        out.append((key_, part, ps))
+    return out
 
 
 def kafka_partition(key: str, n: int = PARTITIONS) -> int:
@@ -34,11 +51,8 @@ def kafka_partition(key: str, n: int = PARTITIONS) -> int:
     return int(DefaultPartitioner()(key.encode(), list(range(n)), list(range(n))))
 
 
-def key(p: WirePing | dict[str, Any]) -> str:
-    """A ping's key; ``p`` as handed to the coalescer, or as read back from a record."""
-    if isinstance(p, dict):
-        return geo.key_cell(p["lat"], p["lon"], 7, 9)
-    return geo.key_cell(p.lat, p.lon, 7, 9)
+def key(p: dict[str, Any]) -> str:
+    return geo.key_cell(p["lat"], p["lon"], 7, 9)
 
 
 # -- partition grouping (pure) ---------------------------------------------------------------
@@ -51,60 +65,58 @@ def test_partition_of_is_the_default_partitioners_choice() -> None:
 
 def test_a_record_holds_only_pings_whose_keys_hash_to_its_partition() -> None:
     batch = spread(3000)
-    groups = group_by_partition(batch, PARTITIONS)
-    for record_key, pings in groups:
-        part = kafka_partition(record_key)
-        assert record_key in {key(p) for p in pings}  # the key is one of its pings' keys
-        assert {kafka_partition(key(p)) for p in pings} == {part}
-    # as few records as the 500-ping cap allows, every ping exactly once, in arrival order
+    records = placed(batch, PARTITIONS)
+    for record_key, part, ps in records:
+        assert part == kafka_partition(record_key)
+        assert record_key == key(ps[0])  # the key is one of its pings' keys
+        assert {kafka_partition(key(p)) for p in ps} == {part}
+    # full records but for each partition's last, every ping exactly once, in arrival order
     per_part: dict[int, int] = {}
     for p in batch:
         per_part[kafka_partition(key(p))] = per_part.get(kafka_partition(key(p)), 0) + 1
     assert len(per_part) == PARTITIONS and max(per_part.values()) > 500  # some partition needs two records
-    assert sorted(kafka_partition(k) for k, _ in groups) == sorted(
+    assert sorted(part for _, part, _ in records) == sorted(
         part for part, n in per_part.items() for _ in range(-(-n // 500))
     )
-    assert sorted(p.seq for _, ps in groups for p in ps) == list(range(3000))
-    for _, ps in groups:
-        assert [p.seq for p in ps] == sorted(p.seq for p in ps)
+    assert sorted(p["seq"] for _, _, ps in records for p in ps) == list(range(3000))
+    for _, _, ps in records:
+        assert [p["seq"] for p in ps] == sorted(p["seq"] for p in ps)
 
 
 def test_records_are_capped_and_each_is_keyed_by_one_of_its_own_pings() -> None:
     batch = spread(1200, seed=2)
-    groups = group_by_partition(batch, 2, max_pings=50)
-    assert all(1 <= len(ps) <= 50 for _, ps in groups)
-    for record_key, ps in groups:
+    records = placed(batch, 2, max_pings=50)
+    assert all(1 <= len(ps) <= 50 for _, _, ps in records)
+    for record_key, part, ps in records:
         assert record_key == key(ps[0])
-        assert {kafka_partition(key(p), 2) for p in ps} == {kafka_partition(record_key, 2)}
-    assert sorted(p.seq for _, ps in groups for p in ps) == list(range(1200))
-    per_part: dict[int, int] = {}
-    for k, _ in groups:
-        per_part[kafka_partition(k, 2)] = per_part.get(kafka_partition(k, 2), 0) + 1
-    assert per_part == {p: -(-sum(1 for q in batch if kafka_partition(key(q), 2) == p) // 50) for p in (0, 1)}
+        assert {kafka_partition(key(p), 2) for p in ps} == {kafka_partition(record_key, 2)} == {part}
+    assert sorted(p["seq"] for _, _, ps in records for p in ps) == list(range(1200))
+
+
+def test_a_request_s_groups_fill_records_whole_without_passing_the_cap() -> None:
+    keying = wire.Keying(max_pings=7)
+    requests = [wire.group([ping("d", 100 * r + i) for i in range(n)], keying) for r, n in enumerate((5, 3, 7, 1, 2))]
+    records = place([g for gs in requests for g in gs], PARTITIONS, 7)
+    # one key: a group that would pass 7 starts the next record
+    assert [count for _, _, _, count in records] == [5, 3, 7, 3]
+    assert [p["seq"] for _, _, frags, _ in records for p in orjson.loads(b"[%s]" % b",".join(frags))] == [
+        *range(5), *range(100, 103), *range(200, 207), 300, 400, 401
+    ]
 
 
 @pytest.mark.parametrize("partitions", [None, 0])
 def test_without_a_partition_count_pings_are_grouped_per_key(partitions: int | None) -> None:
-    batch = spread(500, seed=3)
-    groups = group_by_partition(batch, partitions, max_pings=7)
-    for record_key, ps in groups:
-        assert {key(p) for p in ps} == {record_key} and len(ps) <= 7
-    assert sorted(p.seq for _, ps in groups for p in ps) == list(range(500))
-
-
-def test_keys_are_geo_key_cell_all_over_the_globe() -> None:
-    rng = random.Random(6)
-    batch = [ping(f"d{i}", i, rng.uniform(-89.9, 89.9), rng.uniform(-179.9, 179.9)) for i in range(3000)]
-    for partitions in (None, PARTITIONS):
-        groups = group_by_partition(batch, partitions, max_pings=1)
-        assert sorted((ps[0].seq, k) for k, ps in groups) == [(p.seq, key(p)) for p in batch]
+    records = placed(spread(500, seed=3), partitions, max_pings=7)
+    for record_key, part, ps in records:
+        assert {key(p) for p in ps} == {record_key} and len(ps) <= 7 and part == -1
+    assert sorted(p["seq"] for _, _, ps in records for p in ps) == list(range(500))
 
 
 def test_the_key_is_the_res7_parent_of_the_res9_cell() -> None:
     # a spot whose res-7 cell is not the parent of its res-9 cell
     lats = (52.5 + i * 1e-4 for i in range(20_000))
     lat = next(la for la in lats if geo.cell(la, 13.4, 7) != geo.key_cell(la, 13.4, 7, 9))
-    ((record_key, _),) = group_by_partition([ping("d", 1, lat, 13.4)], PARTITIONS)
+    ((record_key, _, _),) = placed([ping("d", 1, lat, 13.4)], PARTITIONS)
     assert record_key == geo.key_cell(lat, 13.4, 7, 9)
 
 
@@ -133,7 +145,7 @@ async def test_requests_within_linger_share_one_record_per_partition() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent), lambda: PARTITIONS, linger_s=0.01)
     batch = spread(200, seed=4)
-    futs = [c.submit([p]) for p in batch]  # 200 single-ping requests
+    futs = [submit(c, [p]) for p in batch]  # 200 single-ping requests
     assert len({id(f) for f in futs}) == 1  # one flush, one acknowledgement for all
     await asyncio.gather(*futs)
     assert len(sent) == 1 and c.flushes == 1
@@ -148,7 +160,7 @@ async def test_requests_within_linger_share_one_record_per_partition() -> None:
 async def test_records_are_capped_at_max_pings() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent), linger_s=0.001, max_pings=7)
-    await c.submit([ping("d", i) for i in range(20)])
+    await submit(c, [ping("d", i) for i in range(20)])
     sizes = [len(orjson.loads(v)["pings"]) for records in sent for _, v in records]
     assert sizes == [7, 7, 6]
     seqs = [p["seq"] for records in sent for _, v in records for p in orjson.loads(v)["pings"]]
@@ -158,22 +170,22 @@ async def test_records_are_capped_at_max_pings() -> None:
 async def test_a_failed_flush_fails_every_request_in_it_and_the_next_flush_is_fresh() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent, fail=1), linger_s=0.001)
-    a, b = c.submit([ping("a", 1)]), c.submit([ping("b", 1)])
+    a, b = submit(c, [ping("a", 1)]), submit(c, [ping("b", 1)])
     for fut in (a, b):
         with pytest.raises(ConnectionError):
             await fut
-    await c.submit([ping("c", 1)])  # a new window, a new flush that succeeds
+    await submit(c, [ping("c", 1)])  # a new window, a new flush that succeeds
     assert len(sent) == 2
 
 
 async def test_one_flush_in_flight_the_next_goes_when_it_is_acked_with_all_that_came_meanwhile() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent, delay=0.05), linger_s=0.001)
-    first = c.submit([ping("a", 1)])
+    first = submit(c, [ping("a", 1)])
     await asyncio.sleep(0.01)  # the first flush is in flight now
-    later = [c.submit([ping("b", i)]) for i in range(3)]
+    later = [submit(c, [ping("b", i)]) for i in range(3)]
     await asyncio.sleep(0.01)
-    later += [c.submit([ping("c", i)]) for i in range(3)]
+    later += [submit(c, [ping("c", i)]) for i in range(3)]
     assert len(sent) == 1  # the linger of the second is over, but it waits for the first ack
     await first
     await asyncio.gather(*later)
@@ -184,9 +196,9 @@ async def test_one_flush_in_flight_the_next_goes_when_it_is_acked_with_all_that_
 async def test_the_next_flush_is_handed_over_before_the_acked_flushs_requests_wake() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent, delay=0.03), linger_s=0.001)
-    first = c.submit([ping("a", 1)])
+    first = submit(c, [ping("a", 1)])
     await asyncio.sleep(0.01)  # the first flush is in flight
-    later = c.submit([ping("b", 1)])
+    later = submit(c, [ping("b", 1)])
     await asyncio.sleep(0.01)  # its linger is over: due behind the first
     await first
     assert len(sent) == 2  # the next flush went out before this request even heard its ack
@@ -196,12 +208,12 @@ async def test_the_next_flush_is_handed_over_before_the_acked_flushs_requests_wa
 async def test_with_two_in_flight_a_flush_does_not_wait_for_the_one_before() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent, delay=0.05), linger_s=0.001, max_in_flight=2)
-    first = c.submit([ping("a", 1)])
+    first = submit(c, [ping("a", 1)])
     await asyncio.sleep(0.01)  # the first flush is in flight
-    second = c.submit([ping("b", 1)])
+    second = submit(c, [ping("b", 1)])
     await asyncio.sleep(0.01)
     assert len(sent) == 2 and not first.done()  # went out beside the first
-    third = c.submit([ping("c", 1)])
+    third = submit(c, [ping("c", 1)])
     await asyncio.sleep(0.01)
     assert len(sent) == 2  # a third waits for a free slot
     await asyncio.gather(first, second, third)
@@ -212,10 +224,10 @@ async def test_waiting_behind_a_slow_flush_counts_against_the_timeout() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent, delay=0.3), linger_s=0.001, timeout_s=0.2)
     loop = asyncio.get_running_loop()
-    first = c.submit([ping("a", 1)])
+    first = submit(c, [ping("a", 1)])
     await asyncio.sleep(0.01)
     t0 = loop.time()
-    second = c.submit([ping("b", 1)])
+    second = submit(c, [ping("b", 1)])
     await first  # the fake send ignores its timeout; the real one raises at it
     with pytest.raises(KafkaUnavailable):
         await second
@@ -226,7 +238,7 @@ async def test_waiting_behind_a_slow_flush_counts_against_the_timeout() -> None:
 async def test_drain_flushes_what_waits_and_waits_for_acks() -> None:
     sent: Sent = []
     c = Coalescer(recorder(sent, delay=0.02), linger_s=10.0)
-    fut = c.submit([ping("a", 1)])
+    fut = submit(c, [ping("a", 1)])
     await c.drain()
     assert fut.done() and fut.exception() is None and len(sent) == 1
 
@@ -239,7 +251,7 @@ async def test_a_cancelled_flush_tells_its_requests_kafka_is_unavailable() -> No
         await asyncio.sleep(10)
 
     c = Coalescer(send, linger_s=0.001)
-    fut = c.submit([ping("a", 1)])
+    fut = submit(c, [ping("a", 1)])
     await started.wait()
     for task in list(c._tasks):
         task.cancel()
@@ -247,31 +259,14 @@ async def test_a_cancelled_flush_tells_its_requests_kafka_is_unavailable() -> No
         await fut
 
 
-def test_keys_by_bit_operations_equal_h3_parents_everywhere() -> None:
-    """group_by_partition takes the key cell's parent by bit operations, not through H3: the same cell."""
-    import h3
-
-    rng = random.Random(7)
-    batch = [ping("d", i, rng.uniform(-89.9, 89.9), rng.uniform(-180, 180)) for i in range(3000)]
-    for key_res, cell_res in ((7, 9), (5, 9), (9, 9), (0, 4)):
-        groups = group_by_partition(batch, None, key_res, cell_res, max_pings=10_000)
-        for record_key, ps in groups:
-            assert {h3.cell_to_parent(h3.latlng_to_cell(p.lat, p.lon, cell_res), key_res) for p in ps} == {
-                record_key
-            }
-        assert sum(len(ps) for _, ps in groups) == len(batch)
-    with pytest.raises(ValueError):
-        group_by_partition(batch, 8, key_res=9, cell_res=7)
-
-
 async def test_an_acked_flush_tells_its_requests_pings_and_wait_once_and_a_failed_one_nothing() -> None:
     sent: Sent = []
     told: list[tuple[int, int, float]] = []
     c = Coalescer(recorder(sent, fail=1, delay=0.02), linger_s=0.001, on_acked=lambda *a: told.append(a))
     with pytest.raises(ConnectionError):
-        await asyncio.gather(c.submit([ping("a", 1)]), c.submit([ping("b", 1)]))
+        await asyncio.gather(submit(c, [ping("a", 1)]), submit(c, [ping("b", 1)]))
     assert told == []  # failed: its requests answer 503 and count themselves
-    await asyncio.gather(c.submit([ping("a", 2)]), c.submit([ping("b", i) for i in range(2, 5)]))
+    await asyncio.gather(submit(c, [ping("a", 2)]), submit(c, [ping("b", i) for i in range(2, 5)]))
     assert len(told) == 1
     requests, pings, seconds = told[0]
     assert (requests, pings) == (2, 4)

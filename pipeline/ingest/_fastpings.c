@@ -1,0 +1,507 @@
+/* pipeline.ingest._fastpings: a ping request's body checked, keyed and encoded in one pass, in C.
+ *
+ * In Python a 50-ping body cost the proxy ~110 µs of its own (msgspec decode + checks 29,
+ * keying every ping by H3 54, record encode 25) against the bare handler's 43 µs of
+ * ``orjson.loads``. Here the body is read once, byte by byte, into a C array of the
+ * pings' value texts; each ping is range-checked and keyed (H3 through h3-py's own compiled
+ * ``latlng_to_cell``, from its Cython C-API capsule: the cells are exactly h3-py's), and the
+ * pings come back in runs of one key as ready JSON fragments, so a Kafka record is joined
+ * from bytes. No Python object is made per ping.
+ *
+ * The fast path only ever accepts a whole body, and only the restricted JSON phones send:
+ * one ping object or an array of them, ASCII, no escapes, the keys exactly ``seq, ts, lat,
+ * lon, speed_mps, heading_deg, accuracy_m``, optional ``state`` (one of the three, or
+ * null) and optional ``device_id`` equal to the token's, each key once. Anything else — a
+ * refused value, heading exactly 360 (normalised to 0 by the reference path), an unknown
+ * or duplicate key, a negative seq literal ("-0"), more than ``max_batch`` pings, an empty
+ * array — returns None and the reference path (orjson + ``accept.sort_pings``) decides and
+ * names the reasons. The unit tests hold the two equal.
+ *
+ * Numbers are copied into the fragment verbatim (their text is valid JSON, so the record's
+ * readers parse the same double the check used), with ".0" after an integer literal so
+ * that every field but ``seq`` reads back as a float, as ``pings.validate_ping`` makes it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+typedef uint64_t (*latlng_to_cell_t)(double, double, int, int);
+static latlng_to_cell_t latlng_to_cell = NULL;
+
+/* the seven numeric fields, in the order a fragment writes them */
+enum { F_SEQ, F_TS, F_LAT, F_LON, F_SPEED, F_HEADING, F_ACC, N_NUM, F_STATE = N_NUM, F_DEVICE };
+static const char *const NAMES[] = {"seq", "ts", "lat", "lon", "speed_mps", "heading_deg", "accuracy_m",
+                                    "state", "device_id"};
+/* what a fragment writes before each number: the first one carries the device id before it */
+static const char *const LABELS[] = {",\"seq\":", ",\"ts\":", ",\"lat\":", ",\"lon\":", ",\"speed_mps\":",
+                                     ",\"heading_deg\":", ",\"accuracy_m\":"};
+static const char *const STATES[] = {"driving", "stopped", "parked"};
+static Py_ssize_t label_len[N_NUM], name_len[F_DEVICE + 1], state_len[3];
+#define DEVICE_LABEL "{\"device_id\":"
+#define STATE_LABEL ",\"state\":\""
+#define ALL_NUM ((1u << N_NUM) - 1)
+
+typedef struct {
+    const char *text[N_NUM]; /* into the body */
+    uint32_t len[N_NUM];
+    uint8_t as_float;        /* bit i: an integer literal, written with ".0" */
+    int8_t state;            /* -1 none, else an index into STATES */
+    uint8_t verbatim;        /* the object's own text is the fragment's, after the device id */
+    const char *inner;       /* the object's text between its braces */
+    uint32_t inner_len;
+    int32_t group;
+    uint64_t key; /* the key_res parent of its cell_res cell */
+} Ping;
+
+typedef struct {
+    const char *p, *end;
+} Cursor;
+
+/* Which field a key names (-1: none): by its length, then one comparison of known length. */
+static inline int field_of(const char *k, Py_ssize_t n) {
+#define IS(text) (memcmp(k, text, sizeof(text) - 1) == 0)
+    switch (n) {
+    case 2: return IS("ts") ? F_TS : -1;
+    case 3: return IS("lat") ? F_LAT : IS("lon") ? F_LON : IS("seq") ? F_SEQ : -1;
+    case 5: return IS("state") ? F_STATE : -1;
+    case 9: return IS("speed_mps") ? F_SPEED : IS("device_id") ? F_DEVICE : -1;
+    case 10: return IS("accuracy_m") ? F_ACC : -1;
+    case 11: return IS("heading_deg") ? F_HEADING : -1;
+    default: return -1;
+    }
+#undef IS
+}
+
+static inline void skip_ws(Cursor *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t')) c->p++;
+}
+
+static inline int eat(Cursor *c, char ch) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A string without escapes, control or non-ASCII bytes (the opening quote is next): its inside. */
+static int plain_string(Cursor *c, const char **s, Py_ssize_t *n) {
+    if (c->p >= c->end || *c->p != '"') return 0;
+    const char *q = ++c->p;
+    while (q < c->end && *q != '"') {
+        unsigned char b = (unsigned char)*q;
+        if (b < 0x20 || b >= 0x80 || b == '\\') return 0;
+        q++;
+    }
+    if (q >= c->end) return 0;
+    *s = c->p;
+    *n = q - c->p;
+    c->p = q + 1;
+    return 1;
+}
+
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+#if LDBL_MANT_DIG >= 64
+static const long double LPOW10[] = {1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
+                                     1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
+                                     1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
+#endif
+
+/* m / 10^k correctly rounded to a double, for m < 2^64 and k <= 27, through one long double
+ * division (m and 5^k, so 10^k, are exact in a 64-bit mantissa): the long double quotient is
+ * within half its ulp of the true one, so unless it lies within an ulp of a midpoint between two
+ * doubles, the true quotient rounds to the same double. 0 (the caller parses exactly) near a
+ * midpoint, or where long double has no 64-bit mantissa. */
+static int wide(uint64_t m, int k, double *out) {
+#if LDBL_MANT_DIG >= 64
+    long double q = (long double)m / LPOW10[k];
+    double d = (double)q;
+    if (d == 0.0 || !isfinite(d)) return 0;
+    long double tol = fabsl(q) * LDBL_EPSILON * 2.0L;
+    long double lo = ((long double)d + (long double)nextafter(d, 0.0)) / 2.0L;
+    long double hi = ((long double)d + (long double)nextafter(d, HUGE_VAL)) / 2.0L;
+    if (fabsl(q - lo) <= tol || fabsl(q - hi) <= tol) return 0;
+    *out = d;
+    return 1;
+#else
+    (void)m, (void)k, (void)out;
+    return 0;
+#endif
+}
+
+/* A JSON number (RFC 8259 grammar) at the cursor: its text, its double, whether it is an integer
+ * literal and, for an unsigned integer literal of at most 19 digits, its value (else UINT64_MAX).
+ * The double is correctly rounded, as orjson's: exact for a mantissa up to 2^53 and a power of
+ * ten up to 22 (one IEEE operation on two exact operands: Clinger's fast path), CPython's own
+ * correctly rounding parser otherwise. Past the double range it is +-inf, which every range
+ * check refuses. 1: parsed; 0: not a JSON number; -1: a Python error. */
+static int number(Cursor *c, const char **text, uint32_t *len, double *value, int *integer, uint64_t *uint) {
+    const char *s = c->p, *q = s, *e = c->end;
+    int neg = 0, sig = 0, dropped = 0;
+    long exp10 = 0;
+    uint64_t m = 0;
+    if (q < e && *q == '-') {
+        neg = 1;
+        q++;
+    }
+    if (q >= e) return 0;
+    if (*q == '0') {
+        q++;
+    } else if (*q >= '1' && *q <= '9') {
+        for (; q < e && *q >= '0' && *q <= '9'; q++) {
+            if (sig < 19) {
+                m = m * 10 + (uint64_t)(*q - '0');
+                sig++;
+            } else {
+                exp10++;
+                dropped = 1;
+            }
+        }
+    } else {
+        return 0;
+    }
+    *integer = 1;
+    if (q < e && *q == '.') {
+        *integer = 0;
+        q++;
+        if (q >= e || *q < '0' || *q > '9') return 0;
+        for (; q < e && *q >= '0' && *q <= '9'; q++) {
+            if (sig < 19) {
+                m = m * 10 + (uint64_t)(*q - '0');
+                exp10--;
+                if (m) sig++; /* a fraction's leading zeros are not significant */
+            } else {
+                dropped = 1;
+            }
+        }
+    }
+    if (q < e && (*q == 'e' || *q == 'E')) {
+        *integer = 0;
+        q++;
+        int eneg = 0;
+        long ev = 0;
+        if (q < e && (*q == '+' || *q == '-')) eneg = *q++ == '-';
+        if (q >= e || *q < '0' || *q > '9') return 0;
+        for (; q < e && *q >= '0' && *q <= '9'; q++)
+            if (ev < 100000) ev = ev * 10 + (*q - '0');
+        exp10 += eneg ? -ev : ev;
+    }
+    *text = s;
+    *len = (uint32_t)(q - s);
+    *uint = (neg || dropped || !*integer) ? UINT64_MAX : m;
+    if (!dropped && m <= (UINT64_C(1) << 53) && exp10 >= -22 && exp10 <= 22) {
+        double d = (double)m;
+        d = exp10 < 0 ? d / POW10[-exp10] : d * POW10[exp10];
+        *value = neg ? -d : d;
+    } else if (!dropped && exp10 >= -27 && exp10 <= 0 && wide(m, (int)-exp10, value)) {
+        if (neg) *value = -*value; /* 16 to 19 digits, as phones write a double's shortest repr */
+    } else {
+        /* the body is a bytes object, so NUL-terminated, and the number ends at a byte its
+         * grammar refuses: the parser stops where the JSON number does */
+        char *stop;
+        *value = PyOS_string_to_double(s, &stop, NULL);
+        if (*value == -1.0 && PyErr_Occurred()) return -1;
+        if (stop != q) return 0;
+    }
+    c->p = q;
+    return 1;
+}
+
+typedef struct {
+    const char *dev; /* the token's device id as JSON, without its quotes */
+    Py_ssize_t dev_n;
+    double ts_lo, ts_hi;
+    int cell_res;
+    uint64_t keep, put; /* key = cell & keep | put: the key_res parent of a cell_res cell */
+} Rules;
+
+/* One ping object (the cursor on its '{'). 1: accepted into *out, keyed; 0: the reference path
+ * decides; -1: a Python error. */
+static int ping(Cursor *c, Ping *out, const Rules *r) {
+    if (!eat(c, '{')) return 0;
+    unsigned seen = 0;
+    double v[N_NUM];
+    int null_state = 0;
+    out->as_float = 0;
+    out->state = -1;
+    out->inner = c->p;
+    if (eat(c, '}')) return 0;
+    for (;;) {
+        const char *k;
+        Py_ssize_t kn;
+        skip_ws(c);
+        if (!plain_string(c, &k, &kn) || !eat(c, ':')) return 0;
+        int f = field_of(k, kn);
+        if (f < 0 || (seen & (1u << f))) return 0; /* unknown or duplicate key */
+        seen |= 1u << f;
+        skip_ws(c);
+        if (f < N_NUM) {
+            int integer;
+            uint64_t uint;
+            int rc = number(c, &out->text[f], &out->len[f], &v[f], &integer, &uint);
+            if (rc <= 0) return rc;
+            if (f == F_SEQ) {
+                if (uint >= (UINT64_C(1) << 53)) return 0; /* also: not an unsigned integer literal */
+            } else if (integer) {
+                out->as_float |= (uint8_t)(1u << f);
+            }
+        } else if (f == F_STATE) {
+            const char *s;
+            Py_ssize_t sn;
+            if (c->end - c->p >= 4 && memcmp(c->p, "null", 4) == 0) {
+                c->p += 4; /* as validate_ping: a null state is no state */
+                null_state = 1;
+            } else {
+                if (!plain_string(c, &s, &sn)) return 0;
+                for (int i = 0; i < 3; i++)
+                    if (sn == state_len[i] && memcmp(s, STATES[i], (size_t)sn) == 0) out->state = (int8_t)i;
+                if (out->state < 0) return 0;
+            }
+        } else {
+            const char *s;
+            Py_ssize_t sn;
+            /* the token's id, JSON-encoded: an id that needs escapes never equals a body string
+             * without them, and the reference path decides (403 or not) */
+            if (!plain_string(c, &s, &sn) || sn != r->dev_n || memcmp(s, r->dev, (size_t)sn) != 0) return 0;
+        }
+        if (eat(c, ',')) continue;
+        skip_ws(c);
+        if (c->p < c->end && *c->p == '}') {
+            out->inner_len = (uint32_t)(c->p - out->inner);
+            c->p++;
+            break;
+        }
+        return 0;
+    }
+    if ((seen & ALL_NUM) != ALL_NUM) return 0;
+    /* phones write every float with a point (and no device id): the fragment is the object's own
+     * text with the device id put first, one copy instead of one per field */
+    out->verbatim = !out->as_float && !null_state && !(seen & (1u << F_DEVICE));
+    /* pings.validate_ping's ranges; JSON cannot write NaN, and inf fails every one of them */
+    if (!(r->ts_lo <= v[F_TS] && v[F_TS] <= r->ts_hi && -90.0 <= v[F_LAT] && v[F_LAT] <= 90.0 &&
+          -180.0 <= v[F_LON] && v[F_LON] <= 180.0 && 0.0 <= v[F_SPEED] && v[F_SPEED] <= 90.0 &&
+          0.0 <= v[F_HEADING] && v[F_HEADING] < 360.0 && 0.0 <= v[F_ACC] && v[F_ACC] <= 100000.0))
+        return 0;
+    /* the integer literal "-0" in a float field: float(-0) is 0.0, so write "0.0", not "-0.0" */
+    for (int f = F_TS; f < N_NUM; f++)
+        if ((out->as_float & (1u << f)) && out->len[f] == 2 && out->text[f][0] == '-') {
+            out->text[f]++;
+            out->len[f] = 1;
+        }
+    uint64_t cell = latlng_to_cell(v[F_LAT], v[F_LON], r->cell_res, 0);
+    if (cell == 1 && PyErr_Occurred()) return -1;
+    out->key = (cell & r->keep) | r->put;
+    return 1;
+}
+
+typedef struct {
+    uint64_t key;
+    Py_ssize_t count, size;
+    char *w;
+    PyObject *bytes;
+} Group;
+
+static Py_ssize_t fragment_size(const Ping *p, Py_ssize_t dev_json_n) {
+    Py_ssize_t n = (Py_ssize_t)sizeof(DEVICE_LABEL) - 1 + dev_json_n + 1; /* ... "}" */
+    if (p->verbatim) return n + 1 + p->inner_len;                         /* ... "," inner "}" */
+    for (int f = 0; f < N_NUM; f++) n += label_len[f] + p->len[f] + ((p->as_float >> f) & 1 ? 2 : 0);
+    if (p->state >= 0) n += (Py_ssize_t)sizeof(STATE_LABEL) - 1 + state_len[p->state] + 1;
+    return n;
+}
+
+static char *put_bytes(char *w, const char *s, Py_ssize_t n) {
+    memcpy(w, s, (size_t)n);
+    return w + n;
+}
+
+static char *write_fragment(char *w, const Ping *p, const char *dev_json, Py_ssize_t dev_json_n) {
+    w = put_bytes(w, DEVICE_LABEL, (Py_ssize_t)sizeof(DEVICE_LABEL) - 1);
+    w = put_bytes(w, dev_json, dev_json_n);
+    if (p->verbatim) {
+        *w++ = ',';
+        w = put_bytes(w, p->inner, p->inner_len);
+        *w++ = '}';
+        return w;
+    }
+    for (int f = 0; f < N_NUM; f++) {
+        w = put_bytes(w, LABELS[f], label_len[f]);
+        w = put_bytes(w, p->text[f], p->len[f]);
+        if ((p->as_float >> f) & 1) w = put_bytes(w, ".0", 2);
+    }
+    if (p->state >= 0) {
+        w = put_bytes(w, STATE_LABEL, (Py_ssize_t)sizeof(STATE_LABEL) - 1);
+        w = put_bytes(w, STATES[p->state], state_len[p->state]);
+        *w++ = '"';
+    }
+    *w++ = '}';
+    return w;
+}
+
+/* The groups (key, count, fragment) of n keyed pings: runs of consecutive pings of one key, at
+ * most max_pings long, so that records joined from them keep the pings' order in a partition. */
+static PyObject *grouped(Ping *pings, Py_ssize_t n, Py_ssize_t max_pings, const char *dev_json, Py_ssize_t dev_json_n) {
+    PyObject *list = NULL;
+    Group *groups = PyMem_Malloc((size_t)n * sizeof(Group));
+    if (groups == NULL) return PyErr_NoMemory();
+    Py_ssize_t ng = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Ping *p = &pings[i];
+        Group *g = &groups[ng - 1];
+        if (ng == 0 || g->key != p->key || g->count == max_pings) {
+            g = &groups[ng++];
+            g->key = p->key;
+            g->count = 0;
+            g->size = -1; /* no comma before the first fragment */
+            g->bytes = NULL;
+        }
+        p->group = (int32_t)(ng - 1);
+        g->count++;
+        g->size += 1 + fragment_size(p, dev_json_n);
+    }
+    list = PyList_New(ng);
+    if (list == NULL) goto fail;
+    for (Py_ssize_t g = 0; g < ng; g++) {
+        groups[g].bytes = PyBytes_FromStringAndSize(NULL, groups[g].size);
+        if (groups[g].bytes == NULL) goto fail;
+        groups[g].w = PyBytes_AS_STRING(groups[g].bytes);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Group *gr = &groups[pings[i].group];
+        if (gr->w != PyBytes_AS_STRING(gr->bytes)) *gr->w++ = ',';
+        gr->w = write_fragment(gr->w, &pings[i], dev_json, dev_json_n);
+    }
+    for (Py_ssize_t g = 0; g < ng; g++) {
+        PyObject *item = Py_BuildValue("(KnN)", (unsigned long long)groups[g].key, groups[g].count, groups[g].bytes);
+        groups[g].bytes = NULL; /* stolen by "N", even on failure */
+        if (item == NULL) goto fail;
+        PyList_SET_ITEM(list, g, item);
+    }
+    PyMem_Free(groups);
+    return list;
+fail:
+    for (Py_ssize_t g = 0; g < ng; g++) Py_XDECREF(groups[g].bytes);
+    PyMem_Free(groups);
+    Py_XDECREF(list);
+    return NULL;
+}
+
+/* scan(body, device_json, ts_lo, ts_hi, cell_res, key_res, max_pings, max_batch) */
+static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan(body, device_json, ts_lo, ts_hi, cell_res, key_res, max_pings, max_batch)");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "body and device_json must be bytes");
+        return NULL;
+    }
+    const char *body = PyBytes_AS_STRING(args[0]), *dev = PyBytes_AS_STRING(args[1]);
+    Py_ssize_t body_n = PyBytes_GET_SIZE(args[0]), dev_n = PyBytes_GET_SIZE(args[1]);
+    Rules r;
+    r.ts_lo = PyFloat_AsDouble(args[2]);
+    r.ts_hi = PyFloat_AsDouble(args[3]);
+    long cell_res = PyLong_AsLong(args[4]), key_res = PyLong_AsLong(args[5]);
+    Py_ssize_t max_pings = PyLong_AsSsize_t(args[6]), max_batch = PyLong_AsSsize_t(args[7]);
+    if (PyErr_Occurred()) return NULL;
+    if (cell_res < 0 || cell_res > 15 || key_res < 0 || key_res > cell_res || max_pings < 1 || max_batch < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad resolutions or limits");
+        return NULL;
+    }
+    if (dev_n < 2 || dev[0] != '"' || dev[dev_n - 1] != '"') {
+        PyErr_SetString(PyExc_ValueError, "device_json must be a JSON string");
+        return NULL;
+    }
+    r.dev = dev + 1;
+    r.dev_n = dev_n - 2;
+    r.cell_res = (int)cell_res;
+    r.keep = ~(UINT64_C(0xF) << 52);
+    r.put = ((uint64_t)key_res << 52) | ((UINT64_C(1) << (3 * (15 - key_res))) - 1);
+
+    Ping local[64];
+    Ping *pings = local;
+    Py_ssize_t cap = 64, n = 0;
+    PyObject *result = NULL;
+    Cursor c = {body, body + body_n};
+    int single = 0, rc;
+
+    skip_ws(&c);
+    if (c.p < c.end && *c.p == '{') single = 1;
+    else if (!eat(&c, '[') || eat(&c, ']')) goto refuse; /* not a ping or an array; or empty: 400 there */
+    for (;;) {
+        if (n == cap) {
+            if (n >= max_batch) goto refuse; /* too many: the reference path says 413 */
+            Py_ssize_t ncap = cap * 4 > max_batch ? max_batch : cap * 4;
+            Ping *grown = PyMem_Malloc((size_t)ncap * sizeof(Ping));
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            memcpy(grown, pings, (size_t)n * sizeof(Ping));
+            if (pings != local) PyMem_Free(pings);
+            pings = grown;
+            cap = ncap;
+        }
+        rc = ping(&c, &pings[n], &r);
+        if (rc < 0) goto done;
+        if (rc == 0) goto refuse;
+        n++;
+        if (single) break;
+        if (eat(&c, ',')) continue;
+        if (eat(&c, ']')) break;
+        goto refuse;
+    }
+    skip_ws(&c);
+    if (c.p != c.end) goto refuse;
+    PyObject *groups = grouped(pings, n, max_pings, dev, dev_n);
+    if (groups == NULL) goto done;
+    result = Py_BuildValue("(nN)", n, groups);
+    goto done;
+refuse:
+    result = Py_NewRef(Py_None);
+done:
+    if (pings != local) PyMem_Free(pings);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
+     "scan(body, device_json, ts_lo, ts_hi, cell_res, key_res, max_pings, max_batch) -> "
+     "(pings, [(key, count, fragment), ...]) or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pipeline.ingest._fastpings", NULL, -1, methods};
+
+/* h3-py's compiled latlng_to_cell, from the C-API table Cython exports (``__pyx_capi__``). */
+static int load_h3(void) {
+    PyObject *mod = PyImport_ImportModule("h3._cy.latlng");
+    if (mod == NULL) return -1;
+    PyObject *capi = PyObject_GetAttrString(mod, "__pyx_capi__");
+    Py_DECREF(mod);
+    if (capi == NULL) return -1;
+    PyObject *cap = PyDict_GetItemString(capi, "latlng_to_cell");
+    if (cap == NULL) {
+        Py_DECREF(capi);
+        PyErr_SetString(PyExc_ImportError, "h3._cy.latlng exports no latlng_to_cell");
+        return -1;
+    }
+    /* the capsule's name is the C signature: a changed signature refuses to load */
+    latlng_to_cell = (latlng_to_cell_t)PyCapsule_GetPointer(cap, "H3Index (double, double, int, int __pyx_skip_dispatch)");
+    Py_DECREF(capi);
+    return latlng_to_cell == NULL ? -1 : 0;
+}
+
+PyMODINIT_FUNC PyInit__fastpings(void) {
+    if (load_h3() < 0) return NULL;
+    for (int i = 0; i < N_NUM; i++) label_len[i] = (Py_ssize_t)strlen(LABELS[i]);
+    for (int i = 0; i <= F_DEVICE; i++) name_len[i] = (Py_ssize_t)strlen(NAMES[i]);
+    for (int i = 0; i < 3; i++) state_len[i] = (Py_ssize_t)strlen(STATES[i]);
+    return PyModule_Create(&module);
+}
