@@ -140,7 +140,7 @@ static int wide(uint64_t m, int k, double *out) {
  * The double is correctly rounded, as orjson's: exact for a mantissa up to 2^53 and a power of
  * ten up to 22 (one IEEE operation on two exact operands: Clinger's fast path), CPython's own
  * correctly rounding parser otherwise. Past the double range it is +-inf, which every range
- * check refuses. 1: parsed; 0: not a JSON number; -1: a Python error. */
+ * check refuses. 1: parsed; 0: not a JSON number, or one CPython's parser does not take. */
 static int number(Cursor *c, const char **text, uint32_t *len, double *value, int *integer, uint64_t *uint) {
     const char *s = c->p, *q = s, *e = c->end;
     int neg = 0, sig = 0, dropped = 0;
@@ -206,7 +206,10 @@ static int number(Cursor *c, const char **text, uint32_t *len, double *value, in
          * grammar refuses: the parser stops where the JSON number does */
         char *stop;
         *value = PyOS_string_to_double(s, &stop, NULL);
-        if (*value == -1.0 && PyErr_Occurred()) return -1;
+        if (*value == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear(); /* e.g. more digits than CPython's parser takes: the reference path decides */
+            return 0;
+        }
         if (stop != q) return 0;
     }
     c->p = q;
@@ -435,8 +438,8 @@ static PyObject *scan(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize
     if (c.p < c.end && *c.p == '{') single = 1;
     else if (!eat(&c, '[') || eat(&c, ']')) goto refuse; /* not a ping or an array; or empty: 400 there */
     for (;;) {
+        if (n >= max_batch) goto refuse; /* too many: the reference path says 413 */
         if (n == cap) {
-            if (n >= max_batch) goto refuse; /* too many: the reference path says 413 */
             Py_ssize_t ncap = cap * 4 > max_batch ? max_batch : cap * 4;
             Ping *grown = PyMem_Malloc((size_t)ncap * sizeof(Ping));
             if (grown == NULL) {

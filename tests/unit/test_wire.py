@@ -133,7 +133,8 @@ def test_anything_the_fast_path_does_not_take_whole_goes_to_the_reference_path(b
 def test_number_texts_are_kept_and_read_back_as_the_reference_reads_them() -> None:
     base = orjson.dumps(good(7))
     for text in (b"4.83", b"483e-2", b"0.483E+1", b"5", b"-0", b"-0.0", b"1e-400", b"4.8300000000000000000000001",
-                 b"4.829999999999999893418589635984972119331359863281250", b"0"):
+                 b"4.829999999999999893418589635984972119331359863281250", b"0", b"4." + b"8" * 10_000,
+                 b"0." + b"0" * 10_000 + b"1", b"1" + b"0" * 400 + b"e-400"):
         body = base.replace(b'"lon":4.83', b'"lon":' + text)
         assert agrees(body, schema=True), text
     # a device id needing an escape never equals an unescaped body string: that body takes the reference path
