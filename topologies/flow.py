@@ -54,6 +54,8 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 from mode.utils.queues import ThrowableQueue
 
+from topologies.drain import drain_messages
+
 log = logging.getLogger(__name__)
 STALL_WARN_S = 30.0  # a head gap held this long is a record that was lost before the agent
 
@@ -109,6 +111,9 @@ class StrictCommitConsumer(AIOKafkaConsumer):
 
     def _new_consumer_thread(self) -> QuickFetchThread:
         return QuickFetchThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - the worker's fetch loop
+        await drain_messages(self, fetcher)  # faust's loop, without four tasks per record
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

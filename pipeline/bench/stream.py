@@ -289,12 +289,12 @@ async def raw_baseline(
         cells: dict[str, CellSpeedWindow] = {}
         pending = {tp for tp in tps if ends[tp.partition] > starts.get(tp.partition, 0)}
         n = counted = 0
-        first = 0.0
+        first = cpu0 = 0.0
         cell = geo.cell
         while pending:
             batches = await consumer.getmany(*pending, timeout_ms=200, max_records=20_000)
             if not first and batches:
-                first = time.perf_counter()
+                first, cpu0 = time.perf_counter(), time.process_time()
             now = time.time()
             for tp, msgs in batches.items():
                 for msg in msgs:
@@ -308,9 +308,9 @@ async def raw_baseline(
                     n += len(batch)
                 if msgs and msgs[-1].offset + 1 >= ends[tp.partition]:
                     pending.discard(tp)
-        secs = time.perf_counter() - first
+        secs, cpu = time.perf_counter() - first, time.process_time() - cpu0
         return {"pings": n, "seconds": round(secs, 3), "pings_per_s": round(n / secs), "counted": counted,
-                "cells": len(cells)}
+                "cells": len(cells), "cpu_us_per_ping": round(cpu / n * 1e6, 2)}
     finally:
         await consumer.stop()
 
@@ -356,6 +356,14 @@ class Worker:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         return cls(proc, port, app_id, data_dir, log, started)
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, every thread) the worker process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def alive(self) -> None:
         if self.proc.poll() is not None:
             tail = self.log.read_text(errors="replace")[-3000:]
@@ -391,7 +399,7 @@ async def follow_commits(
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     await admin.start()
-    seen: list[tuple[float, int]] = []
+    seen: list[tuple[float, int, float]] = []
     first_commit: float | None = None
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{worker.port}", timeout=5) as http:
@@ -404,7 +412,7 @@ async def follow_commits(
                     polled = now
                     with contextlib.suppress(httpx.HTTPError, ValueError):
                         doc = (await http.get("/healthz")).json()
-                        seen.append((time.monotonic(), int(doc["pings"]) + int(doc["duplicates"])))
+                        seen.append((time.monotonic(), int(doc["pings"]) + int(doc["duplicates"]), worker.cpu_s()))
                 done = await committed(admin, worker.app_id)
                 if first_commit is None and data.pings_below(done) > 0:
                     first_commit = time.monotonic()
@@ -419,12 +427,14 @@ async def follow_commits(
     t_last = time.monotonic()
     out: dict[str, float] = {"pings": data.pings}
     base = seen[0][1] if seen else 0  # the worker may have counted pings before these (a fill after a run)
-    steady = [(t, n - base) for t, n in seen if 0.1 * data.pings <= n - base <= 0.9 * data.pings]
+    steady = [(t, n - base, cpu) for t, n, cpu in seen if 0.1 * data.pings <= n - base <= 0.9 * data.pings]
     if len(steady) >= 2:
-        (t0, n0), (t1, n1) = steady[0], steady[-1]
+        (t0, n0, c0), (t1, n1, c1) = steady[0], steady[-1]
         out["pings_per_s"] = round((n1 - n0) / (t1 - t0)) if t1 > t0 else float("nan")
+        # CPU per ping over the same span: what a ping costs, less sensitive than a rate to others' load
+        out["cpu_us_per_ping"] = round((c1 - c0) / (n1 - n0) * 1e6, 2) if n1 > n0 else float("nan")
     else:
-        out["pings_per_s"] = float("nan")  # too quick to sample
+        out["pings_per_s"] = out["cpu_us_per_ping"] = float("nan")  # too quick to sample
     first = first_commit if first_commit is not None else t_last
     out["committed_pings_per_s"] = round(data.pings / (t_last - first)) if t_last > first else float("nan")
     out["first_commit_to_caught_up_s"] = round(t_last - first, 2)
@@ -674,7 +684,9 @@ async def _run(plan: Plan, bootstrap: str, partitions: int, k: int, work: Path, 
             app_id = f"bench-{uuid.uuid4().hex[:8]}"  # a new group: starts at the beginning
             worker = Worker.spawn(bootstrap, app_id, work / f"state-{r}", _free_port(), work / f"worker-{r}.log")
             workers.append(await follow_commits(bootstrap, worker, data, ends, timeout=1800))
-            print(f"round {r + 1}: worker {workers[-1]['pings_per_s']:.0f} pings/s", flush=True)
+            print(f"round {r + 1}: worker {workers[-1]['pings_per_s']:.0f} pings/s, "
+                  f"{workers[-1]['cpu_us_per_ping']} CPU-µs a ping (raw {raws[-1]['cpu_us_per_ping']}, "
+                  f"C-decode raw {natives[-1]['cpu_us_per_ping']})", flush=True)
         assert worker is not None
         raw_med = statistics.median(x["pings_per_s"] for x in raws)
         native_med = statistics.median(x["pings_per_s"] for x in natives)
@@ -684,6 +696,9 @@ async def _run(plan: Plan, bootstrap: str, partitions: int, k: int, work: Path, 
             "ratio_worker_raw": round(wrk_med / raw_med, 3), "target_ratio": 0.3, "target_worker_pings_per_s": 100_000,
             "raw_native_pings_per_s": round(native_med), "ratio_worker_raw_native": round(wrk_med / native_med, 3),
             "raw_native_runs": natives,
+            "cpu_us_per_ping": {"raw": statistics.median(x["cpu_us_per_ping"] for x in raws),
+                                "raw_native": statistics.median(x["cpu_us_per_ping"] for x in natives),
+                                "worker": statistics.median(x["cpu_us_per_ping"] for x in workers)},
             "raw_fresh_fraction": round(raws[-1]["counted"] / raws[-1]["pings"], 3), "raw_runs": raws,
             "worker_runs": workers,
         }
@@ -756,6 +771,8 @@ def summary(report: dict[str, Any]) -> str:
         ("raw aiokafka+orjson+Python checks+h3-py+aggregate (median)", f"{tp.get('raw_pings_per_s', 0):,} pings/s", ""),
         ("raw with the worker's C decode (median)", f"{tp.get('raw_native_pings_per_s', 0):,} pings/s", ""),
         ("traverz worker (median)", f"{tp.get('worker_pings_per_s', 0):,} pings/s", "≥ 100,000"),
+        ("CPU-µs a ping: worker / raw / C-decode raw",
+         " / ".join(str(tp.get("cpu_us_per_ping", {}).get(k)) for k in ("worker", "raw", "raw_native")), ""),
         ("ratio worker/raw (to the C-decode raw)",
          f"{tp.get('ratio_worker_raw', 0)} ({tp.get('ratio_worker_raw_native', 0)})", "≥ 0.3"),
         ("latency p50 / p99", f"{lat.get('p50_ms')} / {lat.get('p99_ms')} ms "
