@@ -199,5 +199,3 @@ def with_cells(pings: list[Ping], cell_res: int = 9) -> list[Ping]:
     """
     check_pings(pings, cell_res, RecordError)
     return pings
-
-
