@@ -33,13 +33,11 @@ static latlng_to_cell_t latlng_to_cell = NULL;
 
 /* the seven numeric fields, in the order a fragment writes them */
 enum { F_SEQ, F_TS, F_LAT, F_LON, F_SPEED, F_HEADING, F_ACC, N_NUM, F_STATE = N_NUM, F_DEVICE };
-static const char *const NAMES[] = {"seq", "ts", "lat", "lon", "speed_mps", "heading_deg", "accuracy_m",
-                                    "state", "device_id"};
 /* what a fragment writes before each number: the first one carries the device id before it */
 static const char *const LABELS[] = {",\"seq\":", ",\"ts\":", ",\"lat\":", ",\"lon\":", ",\"speed_mps\":",
                                      ",\"heading_deg\":", ",\"accuracy_m\":"};
 static const char *const STATES[] = {"driving", "stopped", "parked"};
-static Py_ssize_t label_len[N_NUM], name_len[F_DEVICE + 1], state_len[3];
+static Py_ssize_t label_len[N_NUM], state_len[3];
 #define DEVICE_LABEL "{\"device_id\":"
 #define STATE_LABEL ",\"state\":\""
 #define ALL_NUM ((1u << N_NUM) - 1)
@@ -103,6 +101,9 @@ static int plain_string(Cursor *c, const char **s, Py_ssize_t *n) {
     c->p = q + 1;
     return 1;
 }
+
+/* Clinger's fast path needs each double operation rounded once (not through a wider register) */
+#define EXACT_DOUBLE_OPS (FLT_EVAL_METHOD == 0)
 
 static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
@@ -195,7 +196,7 @@ static int number(Cursor *c, const char **text, uint32_t *len, double *value, in
     *text = s;
     *len = (uint32_t)(q - s);
     *uint = (neg || dropped || !*integer) ? UINT64_MAX : m;
-    if (!dropped && m <= (UINT64_C(1) << 53) && exp10 >= -22 && exp10 <= 22) {
+    if (EXACT_DOUBLE_OPS && !dropped && m <= (UINT64_C(1) << 53) && exp10 >= -22 && exp10 <= 22) {
         double d = (double)m;
         d = exp10 < 0 ? d / POW10[-exp10] : d * POW10[exp10];
         *value = neg ? -d : d;
@@ -355,8 +356,8 @@ static PyObject *grouped(Ping *pings, Py_ssize_t n, Py_ssize_t max_pings, const 
     Py_ssize_t ng = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Ping *p = &pings[i];
-        Group *g = &groups[ng - 1];
-        if (ng == 0 || g->key != p->key || g->count == max_pings) {
+        Group *g = ng ? &groups[ng - 1] : NULL;
+        if (g == NULL || g->key != p->key || g->count == max_pings) {
             g = &groups[ng++];
             g->key = p->key;
             g->count = 0;
@@ -504,7 +505,6 @@ static int load_h3(void) {
 PyMODINIT_FUNC PyInit__fastpings(void) {
     if (load_h3() < 0) return NULL;
     for (int i = 0; i < N_NUM; i++) label_len[i] = (Py_ssize_t)strlen(LABELS[i]);
-    for (int i = 0; i <= F_DEVICE; i++) name_len[i] = (Py_ssize_t)strlen(NAMES[i]);
     for (int i = 0; i < 3; i++) state_len[i] = (Py_ssize_t)strlen(STATES[i]);
     return PyModule_Create(&module);
 }
