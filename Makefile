@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test venv jars lint typecheck unit integration contract clean
 
-$(STAMP): pyproject.toml $(wildcard pipeline/*.c pipeline/*/*.c)
+$(STAMP): pyproject.toml $(wildcard pipeline/*.c pipeline/*.h pipeline/*/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -23,13 +23,12 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "../h3capi.h"
 #include <stdint.h>
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
-typedef uint64_t (*latlng_to_cell_t)(double, double, int, int);
-static latlng_to_cell_t latlng_to_cell = NULL;
 
 /* the seven numeric fields, in the order a fragment writes them */
 enum { F_SEQ, F_TS, F_LAT, F_LON, F_SPEED, F_HEADING, F_ACC, N_NUM, F_STATE = N_NUM, F_DEVICE };
@@ -482,25 +481,6 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pipeline.ingest._fastpings", NULL, -1, methods};
-
-/* h3-py's compiled latlng_to_cell, from the C-API table Cython exports (``__pyx_capi__``). */
-static int load_h3(void) {
-    PyObject *mod = PyImport_ImportModule("h3._cy.latlng");
-    if (mod == NULL) return -1;
-    PyObject *capi = PyObject_GetAttrString(mod, "__pyx_capi__");
-    Py_DECREF(mod);
-    if (capi == NULL) return -1;
-    PyObject *cap = PyDict_GetItemString(capi, "latlng_to_cell");
-    if (cap == NULL) {
-        Py_DECREF(capi);
-        PyErr_SetString(PyExc_ImportError, "h3._cy.latlng exports no latlng_to_cell");
-        return -1;
-    }
-    /* the capsule's name is the C signature: a changed signature refuses to load */
-    latlng_to_cell = (latlng_to_cell_t)PyCapsule_GetPointer(cap, "H3Index (double, double, int, int __pyx_skip_dispatch)");
-    Py_DECREF(capi);
-    return latlng_to_cell == NULL ? -1 : 0;
-}
 
 PyMODINIT_FUNC PyInit__fastpings(void) {
     if (load_h3() < 0) return NULL;
