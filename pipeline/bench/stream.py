@@ -252,6 +252,12 @@ def decode_python(raw: bytes) -> list[pings.Ping]:
     if not isinstance(doc, dict) or doc.get("v") != pings.RECORD_VERSION or not isinstance(doc.get("pings"), list):
         raise pings.RecordError("not a v1 ping record")
     batch: list[pings.Ping] = doc["pings"]
+    check_python(batch)
+    return batch
+
+
+def check_python(batch: list[Any]) -> None:
+    """``pipeline._records.check_pings`` in plain Python, without the cells: RecordError at the first bad ping."""
     for p in batch:
         if type(p) is not dict:
             raise pings.RecordError("ping: missing or mistyped field")
@@ -266,7 +272,6 @@ def decode_python(raw: bytes) -> list[pings.Ping]:
         if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0 and 0.0 <= speed <= pings.MAX_SPEED_MPS
                 and 0.0 <= heading <= 360.0):
             raise pings.RecordError("ping: field out of range")
-    return batch
 
 
 async def raw_baseline(

@@ -12,29 +12,17 @@ from hypothesis import strategies as st
 
 from pipeline import pings
 from pipeline._records import check_pings
+from pipeline.bench.stream import check_python
 from pipeline.pings import RecordError
-
-NUMBER_FIELDS = ("ts", "lat", "lon", "speed_mps", "heading_deg")
 
 
 def reference(batch: list[Any], res: int) -> str | list[str]:
-    """The Python decode loop (before the C pass): the first bad ping's reason, or every ping's cell."""
-    cells = []
-    for p in batch:
-        if type(p) is not dict:
-            return "ping: missing or mistyped field"
-        try:
-            dev, seq = p["device_id"], p["seq"]
-            nums = [p[name] for name in NUMBER_FIELDS]
-        except KeyError:
-            return "ping: missing or mistyped field"
-        if not (type(dev) is str and type(seq) is int and all(type(v) in (int, float) for v in nums)):
-            return "ping: missing or mistyped field"
-        _, lat, lon, speed, heading = nums
-        if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0 and 0.0 <= speed <= 90.0 and 0.0 <= heading <= 360.0):
-            return "ping: field out of range"
-        cells.append(h3.latlng_to_cell(lat, lon, res))
-    return cells
+    """The Python loop the C pass replaced (the raw baseline's): the first bad ping's reason, or every ping's cell."""
+    try:
+        check_python(batch)
+    except RecordError as exc:
+        return str(exc)
+    return [h3.latlng_to_cell(p["lat"], p["lon"], res) for p in batch]
 
 
 def c_side(batch: list[Any], res: int) -> str | list[str]:
