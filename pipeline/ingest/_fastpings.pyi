@@ -9,3 +9,6 @@ def scan(
     max_batch: int,
     /,
 ) -> tuple[int, list[tuple[int, int, bytes]]] | None: ...
+
+def cell_stats() -> tuple[int, int, int]:
+    """(pings keyed by the previous ping's cell without H3, pings keyed by H3, cell shapes made), since import."""

@@ -4,7 +4,9 @@ In Python a 50-ping body cost the proxy ~110 µs of its own (msgspec decode and 
 H3 call per ping, the record encode) against the bare handler's ``orjson.loads``.
 ``_fastpings.scan`` reads the body once and returns its pings in runs of one Kafka key as
 ready JSON fragments (``Group``), so a record is ``b",".join`` of its groups' fragments:
-no Python object per ping on the way from the socket to Kafka.
+no Python object per ping on the way from the socket to Kafka. A ping inside the
+previous ping's cell (by a margin, tested against the cell's edges) is given that cell
+without an H3 call: ~3 in 4 of a moving phone's pings (``_fastpings.cell_stats``).
 
 The fast path only ever *accepts*, and only whole bodies of the restricted JSON phones
 send (see ``_fastpings.c``). Anything else — a refused ping, 360°, an unknown key, an

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 from typing import Any
 
+import h3.api.basic_int as h3int
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -12,7 +15,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 
 from pipeline import geo, pings
-from pipeline.ingest import wire
+from pipeline.ingest import _fastpings, wire
 from pipeline.ingest.accept import sort_pings
 from pipeline.ingest.body import BodyError, parse_json
 from tests.contract.conftest import build_registry, load_schema_files
@@ -303,3 +306,106 @@ def test_records_join_fragments_as_pings_encode_record_writes_dicts() -> None:
     assert (cell, ingest_ts) == (format(key, "x"), NOW + 0.25)
     assert back == [{**p, "cell": geo.cell(p["lat"], p["lon"], 9)} for p in dicts]
     RECORD_SCHEMA.validate(orjson.loads(ours))
+
+
+# -- H3 skipped for a ping inside the previous ping's cell: the cells stay exactly h3-py's -------
+def _unit(lat: float, lon: float) -> tuple[float, float, float]:
+    la, lo = math.radians(lat), math.radians(lon)
+    return (math.cos(la) * math.cos(lo), math.cos(la) * math.sin(lo), math.sin(la))
+
+
+def _latlng(v: tuple[float, float, float]) -> tuple[float, float]:
+    x, y, z = v
+    return math.degrees(math.atan2(z, math.hypot(x, y))), math.degrees(math.atan2(y, x))
+
+
+def _toward(a: tuple[float, float, float], b: tuple[float, float, float], rad: float) -> tuple[float, float]:
+    """The point ``rad`` radians from ``a`` on the great circle towards ``b`` (negative: away from it)."""
+    d = sum(p * q for p, q in zip(a, b, strict=True))
+    perp = [q - d * p for p, q in zip(a, b, strict=True)]
+    norm = math.sqrt(sum(p * p for p in perp))
+    return _latlng(tuple(math.cos(rad) * p + math.sin(rad) * q / norm for p, q in zip(a, perp, strict=True)))  # type: ignore[arg-type]
+
+
+def _cells_of(points: list[tuple[float, float]], res: int) -> list[int]:
+    """Each point's cell as the fast path keys it (key_res = cell_res: the key is the cell), in full batches."""
+    out: list[int] = []
+    for start in range(0, len(points), pings.MAX_BATCH):
+        items = [good(i, lat=lat, lon=lon) for i, (lat, lon) in enumerate(points[start : start + pings.MAX_BATCH])]
+        got = wire.scan(orjson.dumps(items), wire.device_json(DEV), NOW, wire.Keying(res, res))
+        assert got is not None and got[0] == len(items)
+        out += [key for key, n, _ in got[1] for _ in range(n)]
+    return out
+
+
+def _walk(rng: random.Random, lat: float, lon: float, n: int, step_m: float) -> list[tuple[float, float]]:
+    out, heading = [], rng.uniform(0, 360)
+    for _ in range(n):
+        out.append((lat, lon))
+        heading = (heading + rng.gauss(0, 20)) % 360
+        lat, lon = geo.destination(lat, lon, heading, rng.uniform(0, step_m))
+        lat, lon = max(-90.0, min(90.0, lat)), (lon + 180.0) % 360.0 - 180.0
+    return out
+
+
+# where H3 is irregular: the 12 pentagons and the vertices of the res-0 cells that span two faces
+_PENTAGONS = [h3int.cell_to_latlng(c) for c in h3int.get_pentagons(0)]
+_FACE_EDGES = [v for c in h3int.get_res0_cells() if len(h3int.get_icosahedron_faces(c)) > 1
+               for v in h3int.cell_to_boundary(c)]
+
+
+def test_walks_all_over_the_globe_get_h3s_cells_while_most_pings_skip_h3() -> None:
+    rng = random.Random(11)
+    before = _fastpings.cell_stats()
+    for i in range(400):  # 200,000 pings: random places, around pentagons, across face edges
+        res = (9, 9, 9, 7, 8, 10, 12, 5, 15)[i % 9]
+        edge_m = h3int.average_hexagon_edge_length(res, "m")
+        anchor = rng.choice((_PENTAGONS, _FACE_EDGES))[rng.randrange(12)] if i % 3 else (
+            math.degrees(math.asin(rng.uniform(-1, 1))), rng.uniform(-180, 180))
+        start = geo.destination(*anchor, rng.uniform(0, 360), rng.uniform(0, 4 * edge_m))
+        points = _walk(rng, *start, pings.MAX_BATCH, rng.choice((0.1, 0.35, 1.0)) * edge_m)
+        assert _cells_of(points, res) == [h3int.latlng_to_cell(lat, lon, res) for lat, lon in points]
+    skipped, h3_calls, _ = (a - b for a, b in zip(_fastpings.cell_stats(), before, strict=True))
+    assert skipped + h3_calls == 200_000 and skipped > 60_000
+    # pings ~60 m apart in Berlin, keyed at (7, 9), as the bench sends them: two in three skip H3
+    before = _fastpings.cell_stats()
+    points = _walk(rng, 52.52, 13.405, pings.MAX_BATCH, 120.0)
+    for _ in range(2):  # the second pass finds every cell's shape made
+        items = [good(i, lat=lat, lon=lon) for i, (lat, lon) in enumerate(points)]
+        got = wire.scan(orjson.dumps(items), wire.device_json(DEV), NOW, KEYING)
+        assert got is not None
+        assert [format(k, "x") for k, n, _ in got[1] for _ in range(n)] == [geo.key_cell(*p, 7, 9) for p in points]
+    skipped, h3_calls, _ = (a - b for a, b in zip(_fastpings.cell_stats(), before, strict=True))
+    assert skipped > 0.6 * (skipped + h3_calls)
+
+
+@pytest.mark.parametrize("res", [9, 8, 3])
+def test_points_a_hair_inside_or_outside_a_cells_edges_get_h3s_cell(res: int) -> None:
+    """Probes 1 mm to 60 m inside and outside every edge of cells whose shape the fast path holds."""
+    rng = random.Random(res)
+    anchors = [(rng.uniform(-80, 80), rng.uniform(-180, 180)) for _ in range(20)] + _FACE_EDGES[:20] + _PENTAGONS
+    for anchor in anchors:
+        for cell in h3int.grid_disk(h3int.latlng_to_cell(*anchor, res), 1):
+            centre = h3int.cell_to_latlng(cell)
+            corners = [_unit(*v) for v in h3int.cell_to_boundary(cell)]
+            inner = _unit(*centre)
+            probes = [centre, centre]  # two pings in the cell: its shape is made
+            for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+                side = math.acos(min(1.0, sum(p * q for p, q in zip(a, b, strict=True))))
+                for t in (0.001, 0.3, 0.5, 0.999):
+                    on_edge = _unit(*_toward(a, b, t * side))
+                    for rad in (1.6e-10, 1.9e-7, 2.1e-7, 1e-6, 1e-5):  # ~1 mm to ~60 m; after each, the centre again
+                        probes += [_toward(on_edge, inner, rad), centre, _toward(on_edge, inner, -rad), centre]
+            assert _cells_of(probes, res) == [h3int.latlng_to_cell(lat, lon, res) for lat, lon in probes]
+
+
+def test_pentagons_and_cells_on_two_faces_are_always_keyed_by_h3() -> None:
+    pentagon = h3int.get_pentagons(9)[3]
+    bent = next(c for v in _FACE_EDGES for c in h3int.grid_disk(h3int.latlng_to_cell(*v, 9), 2)
+                if len(h3int.get_icosahedron_faces(c)) > 1 and not h3int.is_pentagon(c))
+    for cell in (pentagon, bent):
+        points = [h3int.cell_to_latlng(cell)] * 5
+        before = _fastpings.cell_stats()
+        assert _cells_of(points, 9) == [cell] * 5
+        skipped, h3_calls, _ = (a - b for a, b in zip(_fastpings.cell_stats(), before, strict=True))
+        assert (skipped, h3_calls) == (0, 5)
