@@ -50,7 +50,7 @@ from pipeline.detect.events import IncidentEvent, to_alert
 from pipeline.detect.spots import Spots
 from pipeline.pacing import Pacing
 from pipeline.pings import Ping
-from pipeline.speed import CellSpeedWindow
+from pipeline.speed import CellSpeedWindow, add_pings
 
 Table = PartitionTable
 Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
@@ -157,22 +157,16 @@ class Engine:
         touched_cells: set[str] = set()
         wake = self.pacing.pending  # cells the conditions side wants to hear of (window.wake_at)
         touched_devices: set[str] = set()
-        duplicates = 0
-        for p in sorted(batch, key=_by_ts) if len(batch) > 1 else batch:
+        ordered = sorted(batch, key=_by_ts) if len(batch) > 1 else list(batch)
+        # the speed windows first, all pings at once in C (speed.add_pings): they and the
+        # detectors below share no state, except that a crash fact reads its cell's traffic,
+        # which then already counts the rest of this record (seconds of one area)
+        duplicates = add_pings(ordered, windows, self._window_of, partition, now, touched_cells, wake)
+        for p in ordered:
             c9 = p["cell"]
             dev = p["device_id"]
             if c9 in watched:  # someone stands near: does this one go past them?
                 spots.see(c9, dev, p["ts"], p["lat"], p["lon"], p["speed_mps"], p["heading_deg"])
-            if p.get("state") != "parked":  # a parked phone is not traffic
-                window = windows.get(c9) or cells.get(c9, partition) or CellSpeedWindow()
-                speed, heading, ts = p["speed_mps"], p["heading_deg"], p["ts"]
-                if window.add(dev, p["seq"], ts, speed, heading, now):
-                    windows[c9] = window
-                    touched_cells.add(c9)
-                    if window.added >= window.wake_at:
-                        wake.add(c9)
-                else:
-                    duplicates += 1
             k7 = parents.get(c9)
             if k7 is None:
                 k7 = parents[c9] = to_parent(c9, key_res)
@@ -201,6 +195,9 @@ class Engine:
         self.pings += len(batch) - duplicates
         self.duplicates += duplicates
         return out
+
+    def _window_of(self, cell: str, partition: int) -> CellSpeedWindow:
+        return self.cells.get(cell, partition) or CellSpeedWindow()
 
     def on_report(self, key7: str, rec: Any, partition: int, now: float) -> Output:
         """One record of ``traverz.reports.v1`` (``kind`` report or vote)."""

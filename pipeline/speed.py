@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from pipeline import geo
+from pipeline import _window, geo
 
 BUCKET_S = 30
 WINDOW_S = 300
@@ -139,7 +139,11 @@ class CellSpeedWindow:
         return True
 
     def add(self, device: str, seq: int, ts: float, speed: float, heading: float, now: float) -> bool:
-        """Count one ping; False for a duplicate or a ping whose window is over."""
+        """Count one ping; False for a duplicate or a ping whose window is over.
+
+        The reference: the engine counts through :func:`add_pings` (the same steps in C,
+        ``pipeline/_window.c``); the raw baseline of ``traverz bench stream`` runs this one.
+        """
         if ts <= now - WINDOW_S:
             return False  # already over: it cannot change what drivers are told now
         # a future-stamped ping stays countable until its own window ends: keep its
@@ -278,3 +282,8 @@ class CellSpeedWindow:
         }
         seen = {dev: SeqWindow(e[0], int(e[1], 16), e[2]) for dev, e in doc["d"].items()}
         return cls(buckets=buckets, seen=seen)
+
+
+_window.bind(SeqWindow, SectorBucket, BUCKET_S, WINDOW_S, BIN_PER_MPS, SEQ_WINDOW, geo.SECTOR_WIDTH)
+# ``CellSpeedWindow.add`` for every ping of a list, in C: see pipeline/_window.c
+add_pings = _window.add_pings
