@@ -463,7 +463,7 @@ static int ping(Cursor *c, Ping *out, const Rules *r, LastCell *last) {
         return 0;
     /* the integer literal "-0" in a float field: float(-0) is 0.0, so write "0.0", not "-0.0" */
     for (int f = F_TS; f < N_NUM; f++)
-        if ((out->as_float & (1u << f)) && out->len[f] == 2 && out->text[f][0] == '-') {
+        if ((out->as_float & (1u << f)) && out->len[f] == 2 && out->text[f][0] == '-' && out->text[f][1] == '0') {
             out->text[f]++;
             out->len[f] = 1;
         }

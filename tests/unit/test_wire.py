@@ -135,11 +135,15 @@ def test_anything_the_fast_path_does_not_take_whole_goes_to_the_reference_path(b
 
 def test_number_texts_are_kept_and_read_back_as_the_reference_reads_them() -> None:
     base = orjson.dumps(good(7))
-    for text in (b"4.83", b"483e-2", b"0.483E+1", b"5", b"-0", b"-0.0", b"1e-400", b"4.8300000000000000000000001",
+    for text in (b"4.83", b"483e-2", b"0.483E+1", b"5", b"-0", b"-1", b"-7", b"-12", b"-0.0", b"1e-400",
+                 b"4.8300000000000000000000001",
                  b"4.829999999999999893418589635984972119331359863281250", b"0", b"4." + b"8" * 10_000,
                  b"0." + b"0" * 10_000 + b"1", b"1" + b"0" * 400 + b"e-400"):
         body = base.replace(b'"lon":4.83', b'"lon":' + text)
         assert agrees(body, schema=True), text
+    # a one-digit negative integer keeps its sign (only "-0" is written "0.0"): -5 and -1, not 5 and 1
+    got = wire.scan(orjson.dumps(good(1, lat=-5, lon=-1, heading_deg=0)), wire.device_json(DEV), NOW, KEYING)
+    assert got is not None and orjson.loads(got[1][0][2])["lat"] == -5.0 and orjson.loads(got[1][0][2])["lon"] == -1.0
     # a device id needing an escape never equals an unescaped body string: that body takes the reference path
     assert wire.scan(orjson.dumps(good(1)), wire.device_json('a"b'), NOW, KEYING) is not None
     assert wire.scan(orjson.dumps(good(1, device_id='a"b')), wire.device_json('a"b'), NOW, KEYING) is None
