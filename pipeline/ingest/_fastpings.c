@@ -232,7 +232,7 @@ static int number(Cursor *c, const char **text, uint32_t *len, double *value, in
  * are never used. Anything not inside by the margin is keyed by H3 as before.
  *
  * The normals come from h3-py's ``cell_to_boundary`` (~4 us a cell, in Python) and are kept in
- * a direct-mapped table of CELL_SLOTS cells for the process (~5 MB when full): a cell's
+ * a two-way table of CELL_SLOTS cells for the process (~5 MB when full): a cell's
  * geometry is made at the second consecutive ping that H3 puts in it, so a trajectory that
  * only crosses a cell never pays for it. */
 #define CELL_SIDES 6
@@ -255,8 +255,30 @@ static CellSlot *cell_slots = NULL;
 static unsigned long long cells_skipped = 0, cells_h3 = 0, shapes_made = 0; /* for cell_stats() */
 static PyObject *cell_to_boundary_fn = NULL, *cell_faces_fn = NULL;
 
-static inline CellSlot *cell_slot(uint64_t cell) {
-    return &cell_slots[(cell * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - CELL_SLOTS_LOG2)];
+/* Two slots a cell may be in (a pair: two cells whose hashes collide both stay), by a 64-bit mix:
+ * the cells of one city differ only in a few digits in the middle of their index. */
+static inline CellSlot *cell_pair(uint64_t cell) {
+    uint64_t h = cell;
+    h = (h ^ (h >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    h = (h ^ (h >> 27)) * UINT64_C(0x94D049BB133111EB);
+    h ^= h >> 31;
+    return &cell_slots[(h >> (64 - CELL_SLOTS_LOG2)) & ~(uint64_t)1];
+}
+
+/* The cell's slot, or NULL. */
+static inline CellSlot *cell_find(uint64_t cell) {
+    CellSlot *pair = cell_pair(cell);
+    return pair[0].cell == cell ? &pair[0] : pair[1].cell == cell ? &pair[1] : NULL;
+}
+
+/* A slot for a new cell: a free one of its pair, else the first one's (its cell moves to the
+ * second, whose cell is dropped). */
+static inline CellSlot *cell_claim(uint64_t cell) {
+    CellSlot *pair = cell_pair(cell);
+    if (pair[0].cell == 0) return &pair[0];
+    if (pair[1].cell == 0) return &pair[1];
+    pair[1] = pair[0];
+    return &pair[0];
 }
 
 static inline void unit_vector(double lat, double lon, double out[3]) {
@@ -362,8 +384,8 @@ static uint64_t cell_of(double lat, double lon, int res, LastCell *last) {
     if (cell == last->cell) {
         /* a second ping in a cell without a shape yet: make it (once per cell for the process) */
         if (!last->usable && cell_slots != NULL) {
-            CellSlot *slot = cell_slot(cell);
-            if (slot->cell != cell) {
+            if (cell_find(cell) == NULL) {
+                CellSlot *slot = cell_claim(cell);
                 if (cell_shape_make(cell, slot) < 0) return 1;
                 shapes_made++;
                 if (slot->usable) {
@@ -377,8 +399,8 @@ static uint64_t cell_of(double lat, double lon, int res, LastCell *last) {
     last->cell = cell;
     last->usable = 0;
     if (cell_slots != NULL) {
-        CellSlot *slot = cell_slot(cell);
-        if (slot->cell == cell && slot->usable) {
+        CellSlot *slot = cell_find(cell);
+        if (slot != NULL && slot->usable) {
             last->usable = 1;
             last->shape = slot->shape; /* a copy: a later cell may take the slot during this scan */
         }
