@@ -55,6 +55,29 @@ Send = Callable[[Message], Awaitable[None]]
 YOUNG_GC_THRESHOLD = 50_000
 
 
+# glibc malloc settings (mallopt's parameter numbers): a flush's buffers — records, batches, the
+# produce request, each ~100-300 KB — are above its mmap threshold or make it trim the heap top, so
+# every flush faulted fresh zeroed pages in (perf: ~3 faults and ~5 us of kernel time a 50-ping
+# request, clear_page). Kept, the freed memory is reused; the heap stays at its high-water mark.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_FREED = 256 << 20  # bytes of free heap top kept instead of returned to the system
+_MMAP_ABOVE = 32 << 20  # allocations from the heap up to this size (glibc's maximum on 64-bit)
+
+
+def keep_freed_memory() -> bool:
+    """Make malloc reuse freed large blocks instead of unmapping them (glibc only; False elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False  # not glibc (musl, macOS): their allocators behave otherwise
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_ABOVE)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED))
+
+
 def _settle_heap() -> None:
     """Move what startup built out of the cyclic GC's reach (measured: 15 % of batch CPU was GC).
 
@@ -63,6 +86,7 @@ def _settle_heap() -> None:
     modules, Starlette, aiokafka, the OpenAPI document. Frozen, those are never walked again;
     the requests' own objects are still collected, less often (``YOUNG_GC_THRESHOLD``).
     """
+    keep_freed_memory()
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
