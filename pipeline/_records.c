@@ -5,7 +5,8 @@
  * cost ~1.3 µs a ping, most of the decode; here it is one pass over the list. The H3 call
  * is h3-py's own compiled ``latlng_to_cell`` (its Cython C-API capsule), so the cell is
  * exactly the one h3-py computes; the cell strings are interned in a bounded cache (a city
- * is a few thousand res-9 cells) so the engine's dict look-ups compare by identity.
+ * is a few thousand res-9 cells) so the engine's dict look-ups compare by identity, and so
+ * are the device ids.
  *
  * Semantics are the Python loop's it replaced (kept as ``pipeline.bench.stream.decode_python``,
  * the raw baseline's decode); tests/unit/test_records.py holds the two equal.
@@ -17,6 +18,7 @@
 #include <stdio.h>
 
 static PyObject *cell_cache = NULL; /* int H3 index -> str */
+static PyObject *device_cache = NULL; /* device id -> the one str object for it */
 static PyObject *k_device_id, *k_seq, *k_ts, *k_lat, *k_lon, *k_speed, *k_heading, *k_cell;
 
 #define CACHE_MAX 200000
@@ -104,6 +106,12 @@ static PyObject *check_pings(PyObject *self, PyObject *args) {
         if (!(-90.0 <= la && la <= 90.0 && -180.0 <= lo && lo <= 180.0 && 0.0 <= sp && sp <= MAX_SPEED &&
               0.0 <= hd && hd <= 360.0))
             goto bad;
+        /* one object per device id, as for cells: every dict and set the engine keeps per
+         * device then finds it by identity, without comparing the strings (cold memory) */
+        if (PyDict_GET_SIZE(device_cache) >= CACHE_MAX) PyDict_Clear(device_cache);
+        PyObject *canon = PyDict_SetDefault(device_cache, dev, dev);
+        if (canon == NULL) return NULL;
+        if (canon != dev && PyDict_SetItem(p, k_device_id, canon) < 0) return NULL;
         uint64_t h = latlng_to_cell(la, lo, res, 0);
         if (h == 1 && PyErr_Occurred()) return NULL;
         PyObject *c = cell_str(h);
@@ -129,7 +137,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pipeline._records", 
 PyMODINIT_FUNC PyInit__records(void) {
     if (load_h3() < 0) return NULL;
     cell_cache = PyDict_New();
-    if (cell_cache == NULL) return NULL;
+    device_cache = PyDict_New();
+    if (cell_cache == NULL || device_cache == NULL) return NULL;
 #define KEY(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
     KEY(k_device_id, "device_id");
     KEY(k_seq, "seq");

@@ -22,7 +22,7 @@ static long long SEQ_WINDOW;
 static PyObject *seq_mask = NULL; /* (1 << SEQ_WINDOW) - 1 */
 static PyObject *s_seen, *s_buckets, *s_closed, *s_added, *s_wake_at, *s_hwm, *s_mask, *s_last_seen, *s_n,
     *s_total, *s_hist, *s_devices, *s_add, *s_accept, *k_cell, *k_device_id, *k_seq, *k_ts, *k_speed,
-    *k_heading, *k_state, *s_parked, *one;
+    *k_heading, *k_state, *s_parked, *one, *zero, *zero_f;
 
 #define EXACT_MAX 9007199254740992.0 /* 2**53: ints below it are exact as doubles */
 
@@ -128,12 +128,45 @@ static int bucket_add(PyObject *b, PyObject *speed_o, double speed, PyObject *de
     return rc;
 }
 
-/* dict[key] of an existing value, or a new ``factory()`` stored there; a new reference */
-static PyObject *get_or_make(PyObject *dict, PyObject *key, PyObject *factory) {
+/* An instance of the slotted dataclass ``cls`` with its fields set, without running its
+ * ``__init__`` (Python code: ~0.5 µs, and a chance for the other thread to take the GIL
+ * in the middle of a count). ``names``/``values``: the fields, all of them. */
+static PyObject *make_slotted(PyObject *cls, PyObject **names, PyObject **values, int n) {
+    PyTypeObject *tp = (PyTypeObject *)cls;
+    PyObject *obj = tp->tp_alloc(tp, 0);
+    if (obj == NULL) return NULL;
+    for (int i = 0; i < n; i++) {
+        if (values[i] == NULL || PyObject_SetAttr(obj, names[i], values[i]) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+    }
+    return obj;
+}
+
+/* SeqWindow(seq, 1, alive) */
+static PyObject *new_seq_window(PyObject *seq, PyObject *alive) {
+    PyObject *names[3] = {s_hwm, s_mask, s_last_seen}, *values[3] = {seq, one, alive};
+    return make_slotted(SeqWindow, names, values, 3);
+}
+
+/* SectorBucket() */
+static PyObject *new_sector_bucket(void) {
+    PyObject *names[4] = {s_n, s_total, s_hist, s_devices};
+    PyObject *values[4] = {zero, zero_f, PyDict_New(), PySet_New(NULL)};
+    PyObject *b = make_slotted(SectorBucket, names, values, 4);
+    Py_XDECREF(values[2]);
+    Py_XDECREF(values[3]);
+    return b;
+}
+
+/* dict[key] of an existing value, or a new one stored there (a dict, or with ``bucket`` a
+ * SectorBucket); a new reference */
+static PyObject *get_or_make(PyObject *dict, PyObject *key, int bucket) {
     PyObject *v = PyDict_GetItemWithError(dict, key);
     if (v != NULL) return Py_NewRef(v);
     if (PyErr_Occurred()) return NULL;
-    v = factory == NULL ? PyDict_New() : PyObject_CallNoArgs(factory);
+    v = bucket ? new_sector_bucket() : PyDict_New();
     if (v == NULL) return NULL;
     if (PyDict_SetItem(dict, key, v) < 0) {
         Py_DECREF(v);
@@ -155,7 +188,7 @@ static int accept(PyObject *win, PyObject *dev, PyObject *seq, PyObject *alive) 
             return -1;
         }
         /* a device new to this cell: SeqWindow(seq, 1, alive), as accept() does */
-        PyObject *nw = PyObject_CallFunctionObjArgs(SeqWindow, seq, one, alive, NULL);
+        PyObject *nw = new_seq_window(seq, alive);
         rc = nw == NULL ? -1 : PyDict_SetItem(seen, dev, nw);
         Py_XDECREF(nw);
         Py_DECREF(seen);
@@ -225,7 +258,7 @@ static int add_one(PyObject *win, PyObject *dev, PyObject *seq, PyObject *ts_o, 
     if (start_o == NULL || sec_o == NULL) goto done;
     buckets = PyObject_GetAttr(win, s_buckets);
     if (buckets == NULL || !PyDict_CheckExact(buckets)) goto done;
-    sectors = get_or_make(buckets, start_o, NULL);
+    sectors = get_or_make(buckets, start_o, 0);
     if (sectors == NULL) goto done;
     closed = PyObject_GetAttr(win, s_closed);
     if (closed == NULL) goto done;
@@ -239,14 +272,14 @@ static int add_one(PyObject *win, PyObject *dev, PyObject *seq, PyObject *ts_o, 
             goto done;
         }
         if (start < open_start && start > key * (long long)BUCKET_S) {
-            PyObject *merged = get_or_make(PyTuple_GET_ITEM(closed, 2), sec_o, SectorBucket);
+            PyObject *merged = get_or_make(PyTuple_GET_ITEM(closed, 2), sec_o, 1);
             if (merged == NULL) goto done;
             int r2 = bucket_add(merged, speed_o, speed, dev);
             Py_DECREF(merged);
             if (r2 < 0) goto done;
         }
     }
-    bucket = get_or_make(sectors, sec_o, SectorBucket);
+    bucket = get_or_make(sectors, sec_o, 1);
     if (bucket == NULL || bucket_add(bucket, speed_o, speed, dev) < 0) goto done;
     rc = incr_attr(win, s_added, NULL) < 0 ? -1 : 1;
 done:
@@ -343,6 +376,10 @@ static PyObject *bind(PyObject *self, PyObject *args) {
     PyObject *sw, *sb;
     if (!PyArg_ParseTuple(args, "OOdddLd", &sw, &sb, &BUCKET_S, &WINDOW_S, &BIN_PER_MPS, &SEQ_WINDOW, &SECTOR_WIDTH))
         return NULL;
+    if (!PyType_Check(sw) || !PyType_Check(sb)) {
+        PyErr_SetString(PyExc_TypeError, "bind: SeqWindow and SectorBucket must be classes");
+        return NULL;
+    }
     Py_XSETREF(SeqWindow, Py_NewRef(sw));
     Py_XSETREF(SectorBucket, Py_NewRef(sb));
     PyObject *bits = PyLong_FromLongLong(SEQ_WINDOW);
@@ -389,6 +426,8 @@ PyMODINIT_FUNC PyInit__window(void) {
     NAME(k_state, "state");
     NAME(s_parked, "parked");
 #undef NAME
-    if ((one = PyLong_FromLong(1)) == NULL) return NULL;
+    if ((one = PyLong_FromLong(1)) == NULL || (zero = PyLong_FromLong(0)) == NULL ||
+        (zero_f = PyFloat_FromDouble(0.0)) == NULL)
+        return NULL;
     return PyModule_Create(&module);
 }

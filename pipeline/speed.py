@@ -13,7 +13,7 @@ each ping once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -284,6 +284,9 @@ class CellSpeedWindow:
         return cls(buckets=buckets, seen=seen)
 
 
+# the C count makes these objects field by field: it must know every field
+assert [f.name for f in fields(SeqWindow)] == ["hwm", "mask", "last_seen"]
+assert [f.name for f in fields(SectorBucket)] == ["n", "total", "hist", "devices"]
 _window.bind(SeqWindow, SectorBucket, BUCKET_S, WINDOW_S, BIN_PER_MPS, SEQ_WINDOW, geo.SECTOR_WIDTH)
 # ``CellSpeedWindow.add`` for every ping of a list, in C: see pipeline/_window.c
 add_pings = _window.add_pings

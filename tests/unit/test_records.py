@@ -89,3 +89,12 @@ def test_cells_are_shared_strings_so_the_engine_compares_them_by_identity() -> N
                            "heading_deg": 90.0}])
     b = pings.with_cells([dict(a[0], device_id="b")])
     assert a[0]["cell"] is b[0]["cell"] == h3.latlng_to_cell(52.5, 13.4, 9)
+
+
+def test_device_ids_are_shared_strings_too() -> None:
+    raw = b'{"v":1,"cell":"871f1d489ffffff","ingest_ts":1.0,"pings":[%s]}'
+    ping = b'{"device_id":"car-%d","seq":1,"ts":1.0,"lat":52.5,"lon":13.4,"speed_mps":3.0,"heading_deg":90.0}'
+    first = pings.decode_record(raw % b",".join(ping % i for i in (1, 2)))[2]
+    again = pings.decode_record(raw % (ping % 1))[2]
+    assert again[0]["device_id"] is first[0]["device_id"] == "car-1"  # two parses, one object
+    assert first[1]["device_id"] == "car-2"
