@@ -12,3 +12,8 @@ def scan(
 
 def cell_stats() -> tuple[int, int, int]:
     """(pings keyed by the previous ping's cell without H3, pings keyed by H3, cell shapes made), since import."""
+
+def record_batch(
+    rows: list[tuple[bytes, bytes]], timestamp_ms: int, producer_id: int, producer_epoch: int, base_sequence: int, /
+) -> bytes:
+    """Kafka's record batch (v2, uncompressed, no headers) of ``(key, value)`` rows, as aiokafka builds it."""

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.ingest.coalesce import KafkaUnavailable
+from pipeline.ingest.record_batch import FlushBatch
+
+MAX_BATCH_SIZE = 1 << 20  # the durable producer's max_batch_size (kafka_io), if a producer does not say
 
 
 class Sink(Protocol):
@@ -155,7 +158,7 @@ class KafkaSink:
 async def _send_batches(
     producer: Any, topic: str, records: list[tuple[bytes, bytes]], partitions: list[int]
 ) -> list[asyncio.Future[Any]]:
-    """One aiokafka batch per partition (``create_batch``/``send_batch``), as ``topologies/state.py`` does.
+    """One batch per partition through ``send_batch``, as ``topologies/state.py`` does, built by ``FlushBatch``.
 
     ``producer.send`` per record costs a partitioner call (murmur2 in pure Python), a future and
     an accumulator pass per record; the coalescer already knows each record's partition. The
@@ -164,14 +167,15 @@ async def _send_batches(
     by_part: dict[int, list[tuple[bytes, bytes]]] = {}
     for record, part in zip(records, partitions, strict=True):
         by_part.setdefault(part, []).append(record)
+    # the producer's max_batch_size, as its create_batch would use it (kept by its accumulator)
+    max_size = getattr(getattr(producer, "_message_accumulator", None), "_batch_size", MAX_BATCH_SIZE)
     futs: list[asyncio.Future[Any]] = []
     for part, rows in by_part.items():
-        batch = producer.create_batch()
+        batch = FlushBatch(max_size)
         for key, value in rows:
-            if batch.append(key=key, value=value, timestamp=None) is None:
+            if not batch.append(key, value):
                 futs.append(await producer.send_batch(batch, topic, partition=part))
-                batch = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a record of {len(value)} bytes exceeds the producer's batch size")
+                batch = FlushBatch(max_size)
+                batch.append(key, value)  # a batch's first record always goes in, as in aiokafka's builder
         futs.append(await producer.send_batch(batch, topic, partition=part))
     return futs
