@@ -135,6 +135,7 @@ class Engine:
         self.devices_expired_at = 0.0
         self.spots = Spots()  # stopped devices and who passes them: in memory, rebuilt from live pings
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
+        self.dkeys: dict[str, tuple[str, str]] = {}  # device → (its last key, its devices-table key)
         self.pings = 0
         self.duplicates = 0
         self.reports = 0  # report and vote records seen (bad ones included)
@@ -151,7 +152,8 @@ class Engine:
         key_res = self.key_res
         to_parent = h3.cell_to_parent
         step, needs_around = stall.step_with_facts, stall.needs_around
-        parents = self.parents
+        parents, dkeys = self.parents, self.dkeys
+        glide = motion.glide
         spots = self.spots
         watched, standing = spots.by_cell, spots.by_device
         touched_cells: set[str] = set()
@@ -170,8 +172,19 @@ class Engine:
             k7 = parents.get(c9)
             if k7 is None:
                 k7 = parents[c9] = to_parent(c9, key_res)
-            dkey = k7 + "|" + dev
+            hit = dkeys.get(dev)
+            if hit is not None and hit[0] == k7:
+                dkey = hit[1]  # one object per device and key: the dicts find it by identity
+            else:
+                dkey = k7 + "|" + dev
+                dkeys[dev] = (k7, dkey)
             st = trackers.get(dkey) or devices.get(dkey, partition)
+            if st is not None and st.stall is None and glide(st.motion, p, now):
+                # moving on, nothing open, no fact (most pings): what step() would have done
+                if dev in standing:
+                    spots.lift(dev)
+                touched_devices.add(dkey)
+                continue
             # needs_around only for a device standing with nothing open (few): a call saved per moving one
             near = st is not None and st.stall is None and st.motion.still_since is not None and needs_around(st, p)
             st, events, facts = step(st, p, now, spots.around(dev) if near else None)
@@ -406,6 +419,8 @@ class Engine:
                 books.drop(key)
         if len(self.parents) > 500_000:
             self.parents.clear()  # a cache: bounded, refilled as pings come
+        if len(self.dkeys) > 500_000:
+            self.dkeys.clear()
 
     def forget_partitions(self, keep: Iterable[int]) -> None:
         """After a rebalance: drop what belongs to partitions this worker lost."""

@@ -186,6 +186,29 @@ def step(state: MotionTracker | None, ping: Ping, now: float) -> tuple[MotionTra
     return m, facts
 
 
+def glide(m: MotionTracker, ping: Ping, now: float) -> bool:
+    """:func:`step` for the usual ping, applied in place: True if it was one, else nothing changed.
+
+    The usual ping is the next one of a device that moves (> STILL_MPS), was moving, and
+    did not brake hard: no stop begins or ends and no fact comes of it. The engine tries
+    this first for a tracked device with nothing open (most pings); :func:`step` decides
+    everything else. tests/unit/test_motion.py holds the two equal.
+    """
+    ts = ping["ts"]
+    speed = ping["speed_mps"]
+    dt = ts - m.ts
+    if (
+        m.still_since is not None
+        or speed <= STILL_MPS
+        or not 0 < dt <= GAP_S
+        or (dt <= MAX_BRAKE_DT_S and (m.speed - speed) / dt >= HARD_BRAKE_MPS2)
+    ):
+        return False
+    m.heading = ping["heading_deg"]
+    m.seq, m.ts, m.lat, m.lon, m.speed, m.seen_at = ping["seq"], ts, ping["lat"], ping["lon"], speed, now
+    return True
+
+
 def run(state: MotionTracker | None, pings: Iterable[Ping], now: float) -> tuple[MotionTracker | None, list[Fact]]:
     """Step through one device's pings in event-time order."""
     facts: list[Fact] = []

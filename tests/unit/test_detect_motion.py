@@ -143,3 +143,53 @@ def test_batch_split_anywhere_matches_one_batch(speeds: list[float], cut: int) -
     state, first = motion.run(None, pings[:cut], T0)
     _, second = motion.run(state, pings[cut:], T0)
     assert first + second == motion.facts_from_batch(pings, T0)
+
+
+_gaps = st.sampled_from([0.0, -1.0, 1.0, 5.0, 14.99, 15.0, 15.01, 59.9, 60.0, 60.01, 120.0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            _gaps,
+            st.one_of(st.floats(min_value=0.0, max_value=45.0), st.sampled_from([0.0, 1.0, 1.0001, 3.0, 3.01])),
+            st.floats(min_value=0.0, max_value=360.0),
+            st.floats(min_value=0.0, max_value=40.0),  # metres moved
+        ),
+        min_size=2,
+        max_size=40,
+    )
+)
+def test_glide_is_step_for_the_pings_it_takes(moves: list[tuple[float, float, float, float]]) -> None:
+    """glide() either leaves the tracker untouched, or leaves it as step() does and step() tells no fact."""
+    lat, lon, ts = *ORIGIN, T0
+    stepped: MotionTracker | None = None
+    glided: MotionTracker | None = None
+    for i, (gap, speed, heading, metres) in enumerate(moves):
+        ts += gap
+        lat, lon = geo.destination(lat, lon, heading, metres)
+        p = {"device_id": "d", "seq": i, "ts": ts, "lat": lat, "lon": lon, "speed_mps": speed, "heading_deg": heading}
+        stepped, facts = motion.step(stepped, p, T0 + i)
+        if glided is None:
+            glided = motion.seed(p, T0 + i)
+            continue
+        before = MotionTracker(**glided.__dict__)
+        if motion.glide(glided, p, T0 + i):
+            assert facts == []
+        else:
+            assert glided == before  # refused: nothing changed
+            glided, _ = motion.step(glided, p, T0 + i)
+        assert glided == stepped
+
+
+def test_glide_takes_the_next_ping_of_a_moving_device_only() -> None:
+    pings = track([10.0, 11.0, 12.0, 0.5])
+    m = motion.seed(pings[0], T0)
+    assert motion.glide(m, pings[1], T0) and m.ts == pings[1]["ts"] and m.speed == 11.0
+    assert not motion.glide(m, pings[1], T0)  # a replay
+    assert motion.glide(m, pings[2], T0)
+    assert not motion.glide(m, pings[3], T0)  # stopping: step() starts the stop
+    braking = track([30.0, 10.0])  # 4 m/s² over 5 s: a hard brake is a fact
+    m = motion.seed(braking[0], T0)
+    assert not motion.glide(m, braking[1], T0)
