@@ -192,7 +192,7 @@ def glide(m: MotionTracker, ping: Ping, now: float) -> bool:
     The usual ping is the next one of a device that moves (> STILL_MPS), was moving, and
     did not brake hard: no stop begins or ends and no fact comes of it. The engine tries
     this first for a tracked device with nothing open (most pings); :func:`step` decides
-    everything else. tests/unit/test_motion.py holds the two equal.
+    everything else. tests/unit/test_detect_motion.py holds the two equal.
     """
     ts = ping["ts"]
     speed = ping["speed_mps"]
