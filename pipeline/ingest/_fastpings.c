@@ -368,7 +368,7 @@ typedef struct {
 } LastCell;
 
 /* The cell_res cell of (lat, lon): the last cell's if the point is surely inside it, else H3's.
- * 1 with a Python error set (as latlng_to_cell). */
+ * 1 with a Python error set when H3 fails (as latlng_to_cell). */
 static uint64_t cell_of(double lat, double lon, int res, LastCell *last) {
     if (last->usable) {
         double p[3];
@@ -386,7 +386,12 @@ static uint64_t cell_of(double lat, double lon, int res, LastCell *last) {
         if (!last->usable && cell_slots != NULL) {
             if (cell_find(cell) == NULL) {
                 CellSlot *slot = cell_claim(cell);
-                if (cell_shape_make(cell, slot) < 0) return 1;
+                /* the shape only saves H3 calls: a failure to make it (h3-py raising, no memory)
+                 * leaves this cell to H3 rather than failing the request */
+                if (cell_shape_make(cell, slot) < 0) {
+                    PyErr_Clear();
+                    return cell;
+                }
                 shapes_made++;
                 if (slot->usable) {
                     last->usable = 1;
