@@ -103,7 +103,7 @@ def _quantiles(hist: dict[int, int], n: int, qs: tuple[float, ...]) -> list[floa
     return out + [top] * (len(qs) - len(out))
 
 
-@dataclass
+@dataclass(slots=True)
 class CellSpeedWindow:
     """Event-time speed window of one cell, with the per-device dedupe state."""
 

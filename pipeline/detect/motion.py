@@ -89,7 +89,7 @@ class Moving:
 Fact = HardBrake | Stopped | Moving
 
 
-@dataclass
+@dataclass(slots=True)
 class MotionTracker:
     """One device's last ping and current stop (if any); :func:`step` advances it."""
 

@@ -56,7 +56,7 @@ class OpenStall:
     version: int
 
 
-@dataclass
+@dataclass(slots=True)
 class StallState:
     motion: motion.MotionTracker
     stall: OpenStall | None = None

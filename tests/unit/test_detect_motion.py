@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from hypothesis import given, settings
@@ -174,7 +175,7 @@ def test_glide_is_step_for_the_pings_it_takes(moves: list[tuple[float, float, fl
         if glided is None:
             glided = motion.seed(p, T0 + i)
             continue
-        before = MotionTracker(**glided.__dict__)
+        before = copy.copy(glided)
         if motion.glide(glided, p, T0 + i):
             assert facts == []
         else:
