@@ -194,6 +194,8 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
         print("traverz bench ingest needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
     lay = kafka_local.layout(s.home, s.kafka_port, s.kafka_controller_port)
+    # a broker left running takes CPU from whatever is measured next: stopped at the end if started here
+    started_broker = kafka_local.read_pid(lay) is None
     kafka_local.start(lay, heap=s.kafka_heap)
     import asyncio
 
@@ -324,3 +326,5 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
             p.terminate()
         for p in procs:
             p.wait(20)
+        if started_broker:
+            kafka_local.stop(lay)
