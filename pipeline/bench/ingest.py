@@ -196,7 +196,7 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
     lay = kafka_local.layout(s.home, s.kafka_port, s.kafka_controller_port)
     # a broker left running takes CPU from whatever is measured next: stopped at the end if started here
     started_broker = kafka_local.read_pid(lay) is None
-    kafka_local.start(lay, heap=s.kafka_heap)
+    kafka_local.start(lay, heap=s.kafka_heap, full_jit=True)
     import asyncio
 
     asyncio.run(kafka_io.create_topics(lay.bootstrap, s.partitions, s.replication))

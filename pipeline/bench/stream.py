@@ -768,7 +768,7 @@ def main(s: Settings, plan: Plan) -> int:
     home = s.home
     lay = kafka_local.layout(home, _free_port(), _free_port())
     work = Path(tempfile.mkdtemp(prefix="traverz-bench-stream-"))
-    kafka_local.start(lay, heap=s.kafka_heap)
+    kafka_local.start(lay, heap=s.kafka_heap, full_jit=True)
     report: dict[str, Any] = {}
     try:
         asyncio.run(kafka_io.create_topics(lay.bootstrap, s.partitions, s.replication))
