@@ -21,15 +21,16 @@
  * Numbers are copied into the fragment verbatim (their text is valid JSON, so the record's
  * readers parse the same double the check used), with ".0" after an integer literal so
  * that every field but ``seq`` reads back as a float, as ``pings.validate_ping`` makes it.
+ *
+ * The module is three C files (declarations shared in _fastpings.h): this one (the scan, the
+ * module), _h3skip.c (``cell_of``: the H3 call skipped inside the previous ping's cell) and
+ * _batchwire.c (Kafka record batches and their CRC32C).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include "../h3capi.h"
+#include "_fastpings.h"
 #include <stdint.h>
 #include <float.h>
 #include <math.h>
 #include <string.h>
-
 
 /* the seven numeric fields, in the order a fragment writes them */
 enum { F_SEQ, F_TS, F_LAT, F_LON, F_SPEED, F_HEADING, F_ACC, N_NUM, F_STATE = N_NUM, F_DEVICE };
@@ -215,202 +216,6 @@ static int number(Cursor *c, const char **text, uint32_t *len, double *value, in
     }
     c->p = q;
     return 1;
-}
-
-/* ---- H3 calls skipped exactly: a ping inside the previous ping's cell has that cell ----------
- *
- * A phone's pings are ~60 m apart and a res-9 cell is ~350 m across, so most pings of a batch
- * fall in the cell of the ping before. Whether they do is decided without H3: an H3 cell that
- * lies on one icosahedron face is the inverse gnomonic image of a planar hexagon — a convex
- * spherical polygon whose edges are great-circle arcs between its boundary vertices — and
- * ``latlng_to_cell`` gives that cell for every point inside it (the point's face is the one
- * the whole cell lies on, its projection falls inside the planar hexagon). So a point p (unit
- * vector) with p.n_i > CELL_MARGIN for each edge's inward unit normal n_i is in the cell, by
- * at least CELL_MARGIN radians (1.3 m): far beyond float error, both ours (~1e-12 rad) and
- * H3's own (at most ~1.5e-8 rad, where acos(1 - d^2/2) gives a point's distance from a face
- * centre). Pentagons and cells on more than one face (their boundary bends at the face edge)
- * are never used. Anything not inside by the margin is keyed by H3 as before.
- *
- * The normals come from h3-py's ``cell_to_boundary`` (~4 us a cell, in Python) and are kept in
- * a two-way table of CELL_SLOTS cells for the process (~5 MB when full): a cell's
- * geometry is made at the second consecutive ping that H3 puts in it, so a trajectory that
- * only crosses a cell never pays for it. */
-#define CELL_SIDES 6
-#define CELL_SLOTS_LOG2 15
-#define CELL_SLOTS (1u << CELL_SLOTS_LOG2)
-#define CELL_MARGIN 2e-7
-#define DEG2RAD 0.017453292519943295
-
-typedef struct {
-    double n[CELL_SIDES][3]; /* inward unit normals of the edges' great circles */
-} CellShape;
-
-typedef struct {
-    uint64_t cell; /* 0: empty slot */
-    int usable;    /* 0: a pentagon, on several faces, or too small for the margin */
-    CellShape shape;
-} CellSlot;
-
-static CellSlot *cell_slots = NULL;
-static unsigned long long cells_skipped = 0, cells_h3 = 0, shapes_made = 0; /* for cell_stats() */
-static PyObject *cell_to_boundary_fn = NULL, *cell_faces_fn = NULL;
-
-/* Two slots a cell may be in (a pair: two cells whose hashes collide both stay), by a 64-bit mix:
- * the cells of one city differ only in a few digits in the middle of their index. */
-static inline CellSlot *cell_pair(uint64_t cell) {
-    uint64_t h = cell;
-    h = (h ^ (h >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
-    h = (h ^ (h >> 27)) * UINT64_C(0x94D049BB133111EB);
-    h ^= h >> 31;
-    return &cell_slots[(h >> (64 - CELL_SLOTS_LOG2)) & ~(uint64_t)1];
-}
-
-/* The cell's slot, or NULL. */
-static inline CellSlot *cell_find(uint64_t cell) {
-    CellSlot *pair = cell_pair(cell);
-    return pair[0].cell == cell ? &pair[0] : pair[1].cell == cell ? &pair[1] : NULL;
-}
-
-/* A slot for a new cell: a free one of its pair, else the first one's (its cell moves to the
- * second, whose cell is dropped). */
-static inline CellSlot *cell_claim(uint64_t cell) {
-    CellSlot *pair = cell_pair(cell);
-    if (pair[0].cell == 0) return &pair[0];
-    if (pair[1].cell == 0) return &pair[1];
-    pair[1] = pair[0];
-    return &pair[0];
-}
-
-static inline void unit_vector(double lat, double lon, double out[3]) {
-    double la = lat * DEG2RAD, lo = lon * DEG2RAD, cl = cos(la);
-    out[0] = cl * cos(lo);
-    out[1] = cl * sin(lo);
-    out[2] = sin(la);
-}
-
-static inline int in_shape(const CellShape *s, const double p[3]) {
-    for (int i = 0; i < CELL_SIDES; i++)
-        if (!(p[0] * s->n[i][0] + p[1] * s->n[i][1] + p[2] * s->n[i][2] > CELL_MARGIN)) return 0;
-    return 1;
-}
-
-/* A cell's slot filled from h3-py (boundary, faces): 0 done (slot->usable says if it may be used),
- * -1 a Python error. */
-static int cell_shape_make(uint64_t cell, CellSlot *slot) {
-    slot->cell = 0;
-    slot->usable = 0;
-    PyObject *arg = PyLong_FromUnsignedLongLong((unsigned long long)cell);
-    if (arg == NULL) return -1;
-    PyObject *faces = PyObject_CallOneArg(cell_faces_fn, arg);
-    PyObject *boundary = faces == NULL ? NULL : PyObject_CallOneArg(cell_to_boundary_fn, arg);
-    Py_DECREF(arg);
-    if (boundary == NULL) {
-        Py_XDECREF(faces);
-        return -1;
-    }
-    Py_ssize_t nfaces = PyObject_Length(faces), nv = PyObject_Length(boundary);
-    int rc = -1;
-    if (nfaces < 0 || nv < 0) goto done;
-    rc = 0;
-    slot->cell = cell;
-    if (nfaces != 1 || nv != CELL_SIDES) goto done; /* on two faces (bent), or a pentagon */
-    double v[CELL_SIDES][3], c[3] = {0, 0, 0};
-    for (Py_ssize_t i = 0; i < nv; i++) {
-        PyObject *ll = PySequence_GetItem(boundary, i);
-        if (ll == NULL) goto error;
-        PyObject *la = PySequence_GetItem(ll, 0), *lo = PySequence_GetItem(ll, 1);
-        Py_DECREF(ll);
-        double lat = la == NULL ? -1.0 : PyFloat_AsDouble(la), lon = lo == NULL ? -1.0 : PyFloat_AsDouble(lo);
-        Py_XDECREF(la);
-        Py_XDECREF(lo);
-        if (PyErr_Occurred()) goto error;
-        unit_vector(lat, lon, v[i]);
-        for (int k = 0; k < 3; k++) c[k] += v[i][k];
-    }
-    for (int i = 0; i < CELL_SIDES; i++) {
-        const double *a = v[i], *b = v[(i + 1) % CELL_SIDES];
-        double *n = slot->shape.n[i];
-        n[0] = a[1] * b[2] - a[2] * b[1];
-        n[1] = a[2] * b[0] - a[0] * b[2];
-        n[2] = a[0] * b[1] - a[1] * b[0];
-        double len = sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
-        double side = n[0] * c[0] + n[1] * c[1] + n[2] * c[2];
-        if (!(len > 0.0)) goto done;
-        if (side < 0) len = -len; /* inward: the vertices' mean is inside a convex cell */
-        for (int k = 0; k < 3; k++) n[k] /= len;
-    }
-    double cl = sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]);
-    for (int k = 0; k < 3; k++) c[k] /= cl;
-    /* every vertex on the inner side of the other edges, the centre well inside: convex, and big
-     * enough for the margin to leave room (never at res 15, whose cells are ~0.5 m across) */
-    for (int i = 0; i < CELL_SIDES; i++) {
-        const double *n = slot->shape.n[i];
-        if (!(c[0] * n[0] + c[1] * n[1] + c[2] * n[2] > 8 * CELL_MARGIN)) goto done;
-        for (int j = 0; j < CELL_SIDES; j++)
-            if (j != i && j != (i + 1) % CELL_SIDES && !(v[j][0] * n[0] + v[j][1] * n[1] + v[j][2] * n[2] > 0)) goto done;
-    }
-    slot->usable = 1;
-    goto done;
-error:
-    rc = -1;
-    slot->cell = 0;
-done:
-    Py_DECREF(faces);
-    Py_DECREF(boundary);
-    return rc;
-}
-
-/* The cell of the pings one scan has keyed last, and its shape when it may be used. */
-typedef struct {
-    uint64_t cell; /* 0: none yet */
-    int usable;
-    CellShape shape;
-} LastCell;
-
-/* The cell_res cell of (lat, lon): the last cell's if the point is surely inside it, else H3's.
- * 1 with a Python error set when H3 fails (as latlng_to_cell). */
-static uint64_t cell_of(double lat, double lon, int res, LastCell *last) {
-    if (last->usable) {
-        double p[3];
-        unit_vector(lat, lon, p);
-        if (in_shape(&last->shape, p)) {
-            cells_skipped++;
-            return last->cell;
-        }
-    }
-    cells_h3++;
-    uint64_t cell = latlng_to_cell(lat, lon, res, 0);
-    if (cell == 1 && PyErr_Occurred()) return 1;
-    if (cell == last->cell) {
-        /* a second ping in a cell without a shape yet: make it (once per cell for the process) */
-        if (!last->usable && cell_slots != NULL) {
-            if (cell_find(cell) == NULL) {
-                CellSlot *slot = cell_claim(cell);
-                /* the shape only saves H3 calls: a failure to make it (h3-py raising, no memory)
-                 * leaves this cell to H3 rather than failing the request */
-                if (cell_shape_make(cell, slot) < 0) {
-                    PyErr_Clear();
-                    return cell;
-                }
-                shapes_made++;
-                if (slot->usable) {
-                    last->usable = 1;
-                    last->shape = slot->shape;
-                }
-            }
-        }
-        return cell;
-    }
-    last->cell = cell;
-    last->usable = 0;
-    if (cell_slots != NULL) {
-        CellSlot *slot = cell_find(cell);
-        if (slot != NULL && slot->usable) {
-            last->usable = 1;
-            last->shape = slot->shape; /* a copy: a later cell may take the slot during this scan */
-        }
-    }
-    return cell;
 }
 
 typedef struct {
@@ -671,160 +476,13 @@ done:
     return result;
 }
 
-/* ---- Kafka record batches (v2, uncompressed), built here for the CRC32C ------------------------
- *
- * aiokafka's compiled batch builder computes the batch's CRC32C in software, ~0.5 ns a byte: ~4 us
- * of a 50-ping request's ~10 KB (perf: ~3 % of the proxy's CPU). SSE4.2 has an instruction for it.
- * The bytes are exactly aiokafka's (DefaultRecordBatchBuilder: magic 2, no compression, not
- * transactional, no headers, every record's offset delta its index); the unit tests compare them. */
-#define BATCH_HEADER 61  /* up to the first record */
-#define BATCH_CRC_AT 17  /* baseOffset 8, length 4, partitionLeaderEpoch 4, magic 1 */
-#define BATCH_ATTRS_AT 21
-
-static uint32_t crc32c_table[256];
-
-static void crc32c_init(void) {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        crc32c_table[i] = c;
-    }
-}
-
-static uint32_t crc32c_soft(uint32_t crc, const unsigned char *p, size_t n) {
-    while (n--) crc = crc32c_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-    return crc;
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <nmmintrin.h>
-#define HAVE_CRC32C_HW 1
-__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const unsigned char *p, size_t n) {
-    uint64_t c = crc;
-    for (; n >= 8; n -= 8, p += 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        c = _mm_crc32_u64(c, w);
-    }
-    crc = (uint32_t)c;
-    while (n--) crc = _mm_crc32_u8(crc, *p++);
-    return crc;
-}
-#endif
-
-static int crc32c_hw_ok = 0;
-
-static uint32_t crc32c(const unsigned char *p, size_t n) {
-#ifdef HAVE_CRC32C_HW
-    if (crc32c_hw_ok) return ~crc32c_hw(~0u, p, n);
-#endif
-    return ~crc32c_soft(~0u, p, n);
-}
-
-static inline size_t varint_size(int64_t v) {
-    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); /* zigzag */
-    size_t n = 1;
-    while (z >= 0x80) {
-        z >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static inline unsigned char *put_varint(unsigned char *w, int64_t v) {
-    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-    while (z >= 0x80) {
-        *w++ = (unsigned char)(z | 0x80);
-        z >>= 7;
-    }
-    *w++ = (unsigned char)z;
-    return w;
-}
-
-static inline unsigned char *put_be(unsigned char *w, uint64_t v, int bytes) {
-    for (int i = bytes - 1; i >= 0; i--) *w++ = (unsigned char)(v >> (8 * i));
-    return w;
-}
-
-/* The body of a record (after its length): attributes, deltas, key, value, no headers. */
-static inline size_t record_body_size(Py_ssize_t index, Py_ssize_t kn, Py_ssize_t vn) {
-    return 1 + 1 + varint_size(index) + varint_size(kn) + (size_t)kn + varint_size(vn) + (size_t)vn + 1;
-}
-
-/* record_batch(rows, timestamp_ms, producer_id, producer_epoch, base_sequence) -> bytes */
-static PyObject *record_batch(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5 || !PyList_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "record_batch(rows: list, timestamp_ms, producer_id, producer_epoch, base_sequence)");
-        return NULL;
-    }
-    PyObject *rows = args[0];
-    long long ts = PyLong_AsLongLong(args[1]), pid = PyLong_AsLongLong(args[2]);
-    long epoch = PyLong_AsLong(args[3]), seq = PyLong_AsLong(args[4]);
-    if (PyErr_Occurred()) return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(rows);
-    if (n < 1 || n > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "a batch holds at least one record");
-        return NULL;
-    }
-    size_t total = BATCH_HEADER;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *row = PyList_GET_ITEM(rows, i);
-        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(row, 0)) ||
-            !PyBytes_Check(PyTuple_GET_ITEM(row, 1))) {
-            PyErr_SetString(PyExc_TypeError, "rows are (key: bytes, value: bytes)");
-            return NULL;
-        }
-        size_t body = record_body_size(i, PyBytes_GET_SIZE(PyTuple_GET_ITEM(row, 0)), PyBytes_GET_SIZE(PyTuple_GET_ITEM(row, 1)));
-        total += varint_size((int64_t)body) + body;
-    }
-    if (total - 12 > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "batch too large");
-        return NULL;
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    if (out == NULL) return NULL;
-    unsigned char *b = (unsigned char *)PyBytes_AS_STRING(out), *w = b;
-    w = put_be(w, 0, 8);                            /* base offset: the broker's */
-    w = put_be(w, (uint64_t)(total - 12), 4);       /* length after this field */
-    w = put_be(w, (uint64_t)(uint32_t)-1, 4);       /* no partition leader epoch */
-    *w++ = 2;                                       /* magic */
-    w = put_be(w, 0, 4);                            /* CRC, below */
-    w = put_be(w, 0, 2);                            /* attributes */
-    w = put_be(w, (uint64_t)(uint32_t)(n - 1), 4);  /* last offset delta */
-    w = put_be(w, (uint64_t)ts, 8);                 /* first timestamp */
-    w = put_be(w, (uint64_t)ts, 8);                 /* max timestamp */
-    w = put_be(w, (uint64_t)pid, 8);
-    w = put_be(w, (uint64_t)(uint16_t)epoch, 2);
-    w = put_be(w, (uint64_t)(uint32_t)seq, 4);
-    w = put_be(w, (uint64_t)(uint32_t)n, 4);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *row = PyList_GET_ITEM(rows, i), *k = PyTuple_GET_ITEM(row, 0), *v = PyTuple_GET_ITEM(row, 1);
-        Py_ssize_t kn = PyBytes_GET_SIZE(k), vn = PyBytes_GET_SIZE(v);
-        w = put_varint(w, (int64_t)record_body_size(i, kn, vn));
-        *w++ = 0; /* attributes */
-        w = put_varint(w, 0); /* timestamp delta: one time for the batch */
-        w = put_varint(w, i); /* offset delta */
-        w = put_varint(w, kn);
-        memcpy(w, PyBytes_AS_STRING(k), (size_t)kn);
-        w += kn;
-        w = put_varint(w, vn);
-        memcpy(w, PyBytes_AS_STRING(v), (size_t)vn);
-        w += vn;
-        w = put_varint(w, 0); /* headers */
-    }
-    uint32_t crc = crc32c(b + BATCH_ATTRS_AT, total - BATCH_ATTRS_AT);
-    put_be(b + BATCH_CRC_AT, crc, 4);
-    return out;
-}
-
-static PyObject *cell_stats(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
-    return Py_BuildValue("(KKK)", cells_skipped, cells_h3, shapes_made);
-}
-
 static PyMethodDef methods[] = {
     {"record_batch", (PyCFunction)(void (*)(void))record_batch, METH_FASTCALL,
      "record_batch(rows, timestamp_ms, producer_id, producer_epoch, base_sequence) -> bytes: "
      "Kafka's record batch v2 of (key, value) rows, uncompressed, byte for byte as aiokafka builds it"},
+    {"crc32c", (PyCFunction)(void (*)(void))crc32c_py, METH_VARARGS | METH_KEYWORDS,
+     "crc32c(data, /, soft=False) -> int: CRC-32C (Castagnoli) of data, as record_batch computes it "
+     "(SSE4.2 where the CPU has it), or through the software table with soft=True"},
     {"cell_stats", cell_stats, METH_NOARGS,
      "cell_stats() -> (pings keyed by the previous ping's cell, pings keyed by H3, cell shapes made)"},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
@@ -836,19 +494,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "pipeline.ingest._fastpings", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__fastpings(void) {
-    if (load_h3() < 0) return NULL;
-    PyObject *h3int = PyImport_ImportModule("h3.api.basic_int");
-    if (h3int == NULL) return NULL;
-    cell_to_boundary_fn = PyObject_GetAttrString(h3int, "cell_to_boundary");
-    cell_faces_fn = PyObject_GetAttrString(h3int, "get_icosahedron_faces");
-    Py_DECREF(h3int);
-    if (cell_to_boundary_fn == NULL || cell_faces_fn == NULL) return NULL;
+    if (h3skip_init() < 0) return NULL;
     crc32c_init();
-#ifdef HAVE_CRC32C_HW
-    crc32c_hw_ok = __builtin_cpu_supports("sse4.2");
-#endif
-    cell_slots = PyMem_RawCalloc(CELL_SLOTS, sizeof(CellSlot)); /* pages touched as cells come */
-    if (cell_slots == NULL) return PyErr_NoMemory();
     for (int i = 0; i < N_NUM; i++) label_len[i] = (Py_ssize_t)strlen(LABELS[i]);
     for (int i = 0; i < 3; i++) state_len[i] = (Py_ssize_t)strlen(STATES[i]);
     return PyModule_Create(&module);

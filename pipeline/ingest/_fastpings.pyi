@@ -17,3 +17,6 @@ def record_batch(
     rows: list[tuple[bytes, bytes]], timestamp_ms: int, producer_id: int, producer_epoch: int, base_sequence: int, /
 ) -> bytes:
     """Kafka's record batch (v2, uncompressed, no headers) of ``(key, value)`` rows, as aiokafka builds it."""
+
+def crc32c(data: bytes | bytearray | memoryview, /, soft: bool = False) -> int:
+    """CRC-32C of ``data`` as ``record_batch`` computes it (SSE4.2 where the CPU has it); ``soft``: the table path."""

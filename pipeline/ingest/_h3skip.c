@@ -1,0 +1,211 @@
+/* pipeline.ingest._fastpings, H3 calls skipped exactly: a ping inside the previous ping's cell
+ * has that cell.
+ *
+ * A phone's pings are ~60 m apart and a res-9 cell is ~350 m across, so most pings of a batch
+ * fall in the cell of the ping before. Whether they do is decided without H3: an H3 cell that
+ * lies on one icosahedron face is the inverse gnomonic image of a planar hexagon — a convex
+ * spherical polygon whose edges are great-circle arcs between its boundary vertices — and
+ * ``latlng_to_cell`` gives that cell for every point inside it (the point's face is the one
+ * the whole cell lies on, its projection falls inside the planar hexagon). So a point p (unit
+ * vector) with p.n_i > CELL_MARGIN for each edge's inward unit normal n_i is in the cell, by
+ * at least CELL_MARGIN radians (1.3 m): far beyond float error, both ours (~1e-12 rad) and
+ * H3's own (at most ~1.5e-8 rad, where acos(1 - d^2/2) gives a point's distance from a face
+ * centre). Pentagons and cells on more than one face (their boundary bends at the face edge)
+ * are never used. Anything not inside by the margin is keyed by H3 as before.
+ *
+ * The normals come from h3-py's ``cell_to_boundary`` (~4 us a cell, in Python) and are kept in
+ * a two-way table of CELL_SLOTS cells for the process (~5 MB when full): a cell's
+ * geometry is made at the second consecutive ping that H3 puts in it, so a trajectory that
+ * only crosses a cell never pays for it. */
+#include "_fastpings.h"
+/* h3capi.h's latlng_to_cell is a static pointer that load_h3() fills, one per file that includes it:
+ * this file is the module's only one, and calls both */
+#include "../h3capi.h"
+#include <math.h>
+#include <stdint.h>
+
+#define CELL_SLOTS_LOG2 15
+#define CELL_SLOTS (1u << CELL_SLOTS_LOG2)
+#define CELL_MARGIN 2e-7
+#define DEG2RAD 0.017453292519943295
+
+typedef struct {
+    uint64_t cell; /* 0: empty slot */
+    int usable;    /* 0: a pentagon, on several faces, or too small for the margin */
+    CellShape shape;
+} CellSlot;
+
+static CellSlot *cell_slots = NULL;
+static unsigned long long cells_skipped = 0, cells_h3 = 0, shapes_made = 0; /* for cell_stats() */
+static PyObject *cell_to_boundary_fn = NULL, *cell_faces_fn = NULL;
+
+/* Two slots a cell may be in (a pair: two cells whose hashes collide both stay), by a 64-bit mix:
+ * the cells of one city differ only in a few digits in the middle of their index. */
+static inline CellSlot *cell_pair(uint64_t cell) {
+    uint64_t h = cell;
+    h = (h ^ (h >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    h = (h ^ (h >> 27)) * UINT64_C(0x94D049BB133111EB);
+    h ^= h >> 31;
+    return &cell_slots[(h >> (64 - CELL_SLOTS_LOG2)) & ~(uint64_t)1];
+}
+
+/* The cell's slot, or NULL. */
+static inline CellSlot *cell_find(uint64_t cell) {
+    CellSlot *pair = cell_pair(cell);
+    return pair[0].cell == cell ? &pair[0] : pair[1].cell == cell ? &pair[1] : NULL;
+}
+
+/* A slot for a new cell: a free one of its pair, else the first one's (its cell moves to the
+ * second, whose cell is dropped). */
+static inline CellSlot *cell_claim(uint64_t cell) {
+    CellSlot *pair = cell_pair(cell);
+    if (pair[0].cell == 0) return &pair[0];
+    if (pair[1].cell == 0) return &pair[1];
+    pair[1] = pair[0];
+    return &pair[0];
+}
+
+static inline void unit_vector(double lat, double lon, double out[3]) {
+    double la = lat * DEG2RAD, lo = lon * DEG2RAD, cl = cos(la);
+    out[0] = cl * cos(lo);
+    out[1] = cl * sin(lo);
+    out[2] = sin(la);
+}
+
+static inline int in_shape(const CellShape *s, const double p[3]) {
+    for (int i = 0; i < CELL_SIDES; i++)
+        if (!(p[0] * s->n[i][0] + p[1] * s->n[i][1] + p[2] * s->n[i][2] > CELL_MARGIN)) return 0;
+    return 1;
+}
+
+/* A cell's slot filled from h3-py (boundary, faces): 0 done (slot->usable says if it may be used),
+ * -1 a Python error. */
+static int cell_shape_make(uint64_t cell, CellSlot *slot) {
+    slot->cell = 0;
+    slot->usable = 0;
+    PyObject *arg = PyLong_FromUnsignedLongLong((unsigned long long)cell);
+    if (arg == NULL) return -1;
+    PyObject *faces = PyObject_CallOneArg(cell_faces_fn, arg);
+    PyObject *boundary = faces == NULL ? NULL : PyObject_CallOneArg(cell_to_boundary_fn, arg);
+    Py_DECREF(arg);
+    if (boundary == NULL) {
+        Py_XDECREF(faces);
+        return -1;
+    }
+    Py_ssize_t nfaces = PyObject_Length(faces), nv = PyObject_Length(boundary);
+    int rc = -1;
+    if (nfaces < 0 || nv < 0) goto done;
+    rc = 0;
+    slot->cell = cell;
+    if (nfaces != 1 || nv != CELL_SIDES) goto done; /* on two faces (bent), or a pentagon */
+    double v[CELL_SIDES][3], c[3] = {0, 0, 0};
+    for (Py_ssize_t i = 0; i < nv; i++) {
+        PyObject *ll = PySequence_GetItem(boundary, i);
+        if (ll == NULL) goto error;
+        PyObject *la = PySequence_GetItem(ll, 0), *lo = PySequence_GetItem(ll, 1);
+        Py_DECREF(ll);
+        double lat = la == NULL ? -1.0 : PyFloat_AsDouble(la), lon = lo == NULL ? -1.0 : PyFloat_AsDouble(lo);
+        Py_XDECREF(la);
+        Py_XDECREF(lo);
+        if (PyErr_Occurred()) goto error;
+        unit_vector(lat, lon, v[i]);
+        for (int k = 0; k < 3; k++) c[k] += v[i][k];
+    }
+    for (int i = 0; i < CELL_SIDES; i++) {
+        const double *a = v[i], *b = v[(i + 1) % CELL_SIDES];
+        double *n = slot->shape.n[i];
+        n[0] = a[1] * b[2] - a[2] * b[1];
+        n[1] = a[2] * b[0] - a[0] * b[2];
+        n[2] = a[0] * b[1] - a[1] * b[0];
+        double len = sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
+        double side = n[0] * c[0] + n[1] * c[1] + n[2] * c[2];
+        if (!(len > 0.0)) goto done;
+        if (side < 0) len = -len; /* inward: the vertices' mean is inside a convex cell */
+        for (int k = 0; k < 3; k++) n[k] /= len;
+    }
+    double cl = sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]);
+    for (int k = 0; k < 3; k++) c[k] /= cl;
+    /* every vertex on the inner side of the other edges, the centre well inside: convex, and big
+     * enough for the margin to leave room (never at res 15, whose cells are ~0.5 m across) */
+    for (int i = 0; i < CELL_SIDES; i++) {
+        const double *n = slot->shape.n[i];
+        if (!(c[0] * n[0] + c[1] * n[1] + c[2] * n[2] > 8 * CELL_MARGIN)) goto done;
+        for (int j = 0; j < CELL_SIDES; j++)
+            if (j != i && j != (i + 1) % CELL_SIDES && !(v[j][0] * n[0] + v[j][1] * n[1] + v[j][2] * n[2] > 0)) goto done;
+    }
+    slot->usable = 1;
+    goto done;
+error:
+    rc = -1;
+    slot->cell = 0;
+done:
+    Py_DECREF(faces);
+    Py_DECREF(boundary);
+    return rc;
+}
+
+/* The res cell of (lat, lon): the last cell's if the point is surely inside it, else H3's.
+ * 1 with a Python error set when H3 fails (as latlng_to_cell). */
+uint64_t cell_of(double lat, double lon, int res, LastCell *last) {
+    if (last->usable) {
+        double p[3];
+        unit_vector(lat, lon, p);
+        if (in_shape(&last->shape, p)) {
+            cells_skipped++;
+            return last->cell;
+        }
+    }
+    cells_h3++;
+    uint64_t cell = latlng_to_cell(lat, lon, res, 0);
+    if (cell == 1 && PyErr_Occurred()) return 1;
+    if (cell == last->cell) {
+        /* a second ping in a cell without a shape yet: make it (once per cell for the process) */
+        if (!last->usable && cell_slots != NULL) {
+            if (cell_find(cell) == NULL) {
+                CellSlot *slot = cell_claim(cell);
+                /* the shape only saves H3 calls: a failure to make it (h3-py raising, no memory)
+                 * leaves this cell to H3 rather than failing the request */
+                if (cell_shape_make(cell, slot) < 0) {
+                    PyErr_Clear();
+                    return cell;
+                }
+                shapes_made++;
+                if (slot->usable) {
+                    last->usable = 1;
+                    last->shape = slot->shape;
+                }
+            }
+        }
+        return cell;
+    }
+    last->cell = cell;
+    last->usable = 0;
+    if (cell_slots != NULL) {
+        CellSlot *slot = cell_find(cell);
+        if (slot != NULL && slot->usable) {
+            last->usable = 1;
+            last->shape = slot->shape; /* a copy: a later cell may take the slot during this scan */
+        }
+    }
+    return cell;
+}
+
+PyObject *cell_stats(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
+    return Py_BuildValue("(KKK)", cells_skipped, cells_h3, shapes_made);
+}
+
+int h3skip_init(void) {
+    if (load_h3() < 0) return -1;
+    PyObject *h3int = PyImport_ImportModule("h3.api.basic_int");
+    if (h3int == NULL) return -1;
+    cell_to_boundary_fn = PyObject_GetAttrString(h3int, "cell_to_boundary");
+    cell_faces_fn = PyObject_GetAttrString(h3int, "get_icosahedron_faces");
+    Py_DECREF(h3int);
+    if (cell_to_boundary_fn == NULL || cell_faces_fn == NULL) return -1;
+    cell_slots = PyMem_RawCalloc(CELL_SLOTS, sizeof(CellSlot)); /* pages touched as cells come */
+    if (cell_slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
