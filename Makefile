@@ -29,7 +29,7 @@ typecheck: venv
 
 # The tests start their own broker on a free port and stop it at the end.
 test: jars lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 unit: venv
 	$(BIN)/pytest -q tests/unit tests/contract
