@@ -97,6 +97,8 @@ def server_properties(lay: BrokerLayout) -> str:
             # a laptop broker: keep segments small so compaction is visible
             "log.segment.bytes=67108864",
             "log.retention.hours=48",
+            # and at most 1 GiB a partition: a load test writes ~10 GB of pings in minutes
+            "log.retention.bytes=1073741824",
             "auto.create.topics.enable=true",
             "",
         ]

@@ -52,6 +52,17 @@ class WrkResult:
     requests: int
     server_cpu_us_per_req: float = float("nan")
     broker_cpu_us_per_req: float = float("nan")
+    steal_pct: float = float("nan")
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """The machine's (steal, total) CPU ticks so far (/proc/stat).
+
+    Steal is time the hypervisor gave this VM's vCPUs to someone else: on a shared host it comes
+    and goes, and a run with much of it measures the host, not the proxy (its p99 above all).
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 def _cpu_s(pid: int) -> float:
@@ -72,9 +83,10 @@ def _broker_pid(lay: kafka_local.BrokerLayout) -> int | None:
 
 def measured(fn: Callable[[], WrkResult], server: int, broker: int | None) -> WrkResult:
     """``fn``'s wrk result with the CPU the server and the broker spent per request meanwhile."""
-    s0, b0 = _cpu_s(server), _cpu_s(broker) if broker else 0.0
+    s0, b0, (st0, t0) = _cpu_s(server), _cpu_s(broker) if broker else 0.0, _cpu_ticks()
     r = fn()
-    s1, b1 = _cpu_s(server), _cpu_s(broker) if broker else 0.0
+    s1, b1, (st1, t1) = _cpu_s(server), _cpu_s(broker) if broker else 0.0, _cpu_ticks()
+    r.steal_pct = round(100.0 * (st1 - st0) / max(1, t1 - t0), 1)
     n = max(1, r.requests)
     r.server_cpu_us_per_req = round(1e6 * (s1 - s0) / n, 1)
     r.broker_cpu_us_per_req = round(1e6 * (b1 - b0) / n, 1) if broker else float("nan")
@@ -193,10 +205,21 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
     if shutil.which("wrk") is None:
         print("traverz bench ingest needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
-    lay = kafka_local.layout(s.home, s.kafka_port, s.kafka_controller_port)
-    # a broker left running takes CPU from whatever is measured next: stopped at the end if started here
-    started_broker = kafka_local.read_pid(lay) is None
+    # a broker of its own on free ports, stopped and wiped at the end: one left running takes CPU
+    # from whatever is measured next, and a run writes some 10 GB of pings that the shared broker's
+    # 48-hour retention kept (a few runs filled the disk)
+    lay = kafka_local.layout(s.home, _free_port(), _free_port())
     kafka_local.start(lay, heap=s.kafka_heap, full_jit=True)
+    try:
+        return _measure(s, lay, seconds, rounds, connections, devices)
+    finally:
+        kafka_local.stop(lay)
+        kafka_local.wipe(lay)
+
+
+def _measure(
+    s: Settings, lay: kafka_local.BrokerLayout, seconds: float, rounds: int, connections: int, devices: int
+) -> int:
     import asyncio
 
     asyncio.run(kafka_io.create_topics(lay.bootstrap, s.partitions, s.replication))
@@ -296,6 +319,7 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
             summary[name]["half_peak_p99_ms_range"] = _spread([r.p99_ms for r in paced_runs])
             summary[name]["half_peak_p50_ms"] = statistics.median(r.p50_ms for r in paced_runs)
             summary[name]["half_peak_non2xx"] = sum(r.non2xx for r in paced_runs)
+            summary[name]["half_peak_steal_pct"] = [r.steal_pct for r in paced_runs]
         generator = f"{_wrk_version()} (one thread, HTTP/1.1 keep-alive, loopback, its own process)"
         report = {"load_generator": generator, "seconds": seconds, "rounds": rounds, "connections": connections,
                   "devices": devices, "load_average_before_after": [load_before, os.getloadavg()[0]],
@@ -317,7 +341,8 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
                 f"the same run: ratio {row['cost_ratio']}x by throughput, {row['cpu_ratio']}x by server CPU/request "
                 f"({row['traverz_cpu_us_per_req']} vs {row['bare_cpu_us_per_req']} us; per round "
                 f"{row['cpu_ratio_per_round']}); p99 {row['half_peak_p99_ms']} ms {row['half_peak_p99_ms_range']} at "
-                f"{row['half_peak_rps']} req/s (half peak, Poisson-like think times)"
+                f"{row['half_peak_rps']} req/s (half peak, Poisson-like think times; CPU stolen by the host "
+                f"{row['half_peak_steal_pct']} %)"
             )
         print(f"full report: {out / 'bench-ingest.json'}; logs in {work}")
         return 0
@@ -326,5 +351,3 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
             p.terminate()
         for p in procs:
             p.wait(20)
-        if started_broker:
-            kafka_local.stop(lay)
