@@ -319,7 +319,9 @@ class Engine:
                 continue  # leaving an area that never saw the vehicle stop changes nothing
             traffic, ff = self._crash_context(area or crash.CrashArea(key), home, sec, now)
             reports = self._crash_reports(key7, fact.lat, fact.lon, partition)
-            standing = self.spots.standing(area.vehicles) if area is not None else None
+            # the fact's own device too: step() makes it one of the area's vehicles, and without its
+            # spot (placed before its facts come) a candidate waited for the next sweep to be probed
+            standing = self.spots.standing([*area.vehicles, fact.device] if area is not None else [fact.device])
             candidate = area.crash.device if area is not None and area.crash is not None else fact.device
             area, events = crash.step(
                 area,
