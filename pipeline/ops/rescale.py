@@ -120,8 +120,8 @@ async def rescale(
     finally:
         await producer.stop()
     say(
-        f"done: start generation {new.number} workers with TRAVERZ_GENERATION={new.number} "
-        f"TRAVERZ_PARTITIONS={partitions} traverz worker"
+        f"done: start generation {new.number} workers with TRAVERZ_GENERATION={new.number} traverz worker "
+        f"(their tables follow the topics' {partitions} partitions)"
     )
     return new
 
