@@ -6,17 +6,19 @@ Berlin Adlershof with a stalled car, a crash, road work, a false report, GPS noi
 coverage gap) through them: every SUMO vehicle is a phone posting to ingest, a share hold a
 ``/v1/stream`` subscription. It prints, as they happen, the injected incidents (SUMO's
 truth), the alerts the worker opens and clears, cells whose congestion level crosses into or
-out of a jam, and reroutes accepted; then the score table. Ctrl-C stops everything this
-command started (the broker only if it started it).
+out of a jam, and reroutes accepted; then the score table. Ctrl-C (or SIGTERM, SIGHUP) stops
+everything this command started (the broker only if it started it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 
 from pipeline import kafka_io, kafka_local
 from pipeline.settings import Settings
@@ -27,9 +29,24 @@ from pipeline.sim.scenario import load, repo_scenarios
 DEMO_SCENARIO = "city"
 
 
+def stop_like_ctrl_c() -> None:
+    """SIGTERM and SIGHUP stop the demo as Ctrl-C does: its ``finally`` stops the children and the broker.
+
+    Python's default for SIGTERM ends the process on the spot, which left ingest, the worker,
+    push and the broker running (a `timeout make demo`, a service manager, a closed terminal).
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
 def run(s: Settings, duration: float = 0.0, devices: int = 0) -> int:
     """``duration`` > 0 shortens the scenario (sim seconds); ``devices`` is unused (SUMO's demand decides)."""
     del devices
+    stop_like_ctrl_c()
     for noisy in ("httpx", "httpcore", "websockets", "aiokafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     sc = load(next(p for p in repo_scenarios() if p.stem == DEMO_SCENARIO))
