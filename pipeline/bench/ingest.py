@@ -71,25 +71,15 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _broker_pid(lay: kafka_local.BrokerLayout) -> int | None:
-    """The broker's process (its pidfile), if it is alive and readable."""
-    try:
-        pid = int(lay.pidfile.read_text().strip())
-        _cpu_s(pid)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
-def measured(fn: Callable[[], WrkResult], server: int, broker: int | None) -> WrkResult:
+def measured(fn: Callable[[], WrkResult], server: int, broker: int) -> WrkResult:
     """``fn``'s wrk result with the CPU the server and the broker spent per request meanwhile."""
-    s0, b0, (st0, t0) = _cpu_s(server), _cpu_s(broker) if broker else 0.0, _cpu_ticks()
+    s0, b0, (st0, t0) = _cpu_s(server), _cpu_s(broker), _cpu_ticks()
     r = fn()
-    s1, b1, (st1, t1) = _cpu_s(server), _cpu_s(broker) if broker else 0.0, _cpu_ticks()
+    s1, b1, (st1, t1) = _cpu_s(server), _cpu_s(broker), _cpu_ticks()
     r.steal_pct = round(100.0 * (st1 - st0) / max(1, t1 - t0), 1)
     n = max(1, r.requests)
     r.server_cpu_us_per_req = round(1e6 * (s1 - s0) / n, 1)
-    r.broker_cpu_us_per_req = round(1e6 * (b1 - b0) / n, 1) if broker else float("nan")
+    r.broker_cpu_us_per_req = round(1e6 * (b1 - b0) / n, 1)
     return r
 
 
@@ -209,16 +199,17 @@ def main(s: Settings, seconds: float = 10.0, rounds: int = 3, connections: int =
     # from whatever is measured next, and a run writes some 10 GB of pings that the shared broker's
     # 48-hour retention kept (a few runs filled the disk)
     lay = kafka_local.layout(s.home, _free_port(), _free_port())
-    kafka_local.start(lay, heap=s.kafka_heap, full_jit=True)
+    broker = kafka_local.start(lay, heap=s.kafka_heap, full_jit=True)
     try:
-        return _measure(s, lay, seconds, rounds, connections, devices)
+        return _measure(s, lay, broker, seconds, rounds, connections, devices)
     finally:
         kafka_local.stop(lay)
         kafka_local.wipe(lay)
 
 
 def _measure(
-    s: Settings, lay: kafka_local.BrokerLayout, seconds: float, rounds: int, connections: int, devices: int
+    s: Settings, lay: kafka_local.BrokerLayout, broker: int, seconds: float, rounds: int, connections: int,
+    devices: int,
 ) -> int:
     import asyncio
 
@@ -245,7 +236,6 @@ def _measure(
     results: dict[str, dict[str, list[WrkResult]]] = {}
     load_before = os.getloadavg()[0]  # other work on the machine: the figures are only comparable within a run
     pids = {"traverz": procs[0].pid, "bare": procs[1].pid}
-    broker = _broker_pid(lay)
     try:
         _wait(f"http://127.0.0.1:{ingest_port}/readyz")
         _wait(f"http://127.0.0.1:{bare_port}/")
