@@ -34,8 +34,20 @@ Lifetime (:data:`LIFETIME_S`) from the last confirmation (report or
 24 h, closure until cleared (votes or :func:`clear`). Ended by a ``not_there``
 majority (≥ 2 and more than ``still_there`` + distinct reporters), or for crash,
 stalled_vehicle and hazard by :func:`on_speed`: ratio to free flow ≥ 0.85 for
-≥ 5 min once the incident is ≥ 10 min old. An opened incident emits ``updated``
-on every accepted report, vote or probe change.
+≥ 5 min once the incident is ≥ 10 min old.
+
+An opened incident emits ``updated`` only on a material change against what
+its last alert told (kept on the :class:`Incident` as ``told_*``): confidence
+moved by ≥ :data:`CONF_STEP` (0.1) either way, the mean position moved
+≥ :data:`MOVE_M` (30 m), the first ``not_there`` vote (or the last one
+withdrawn), a probe detection appearing or going (probes 0 ↔ > 0), or a stale
+expiry. The engine keeps an open incident in ``active`` until the
+``expires_at`` it was told, so an extension (a report or ``still_there``) that
+changed nothing else is told by :func:`expire` (the engine's 5-s sweep) once the
+told ``expires_at`` is within :data:`REFRESH_S` (5 min): a stalled vehicle kept
+alive by votes costs one ``updated`` per ~25 min, and never lapses early. A
+burst of reports at one spot tells 0.5 → 0.75 → 0.875 → 0.98: three updates,
+then nothing until something changes. Confidence decay alone emits nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +86,9 @@ RECOVERABLE = frozenset({"crash", "stalled_vehicle", "hazard"})
 RECOVERED_RATIO = 0.85
 RECOVERED_FOR_S = 300.0
 RECOVERY_MIN_AGE_S = 600.0
+CONF_STEP = 0.1  # an ``updated`` only for a change drivers would notice (as crash.UPDATE_STEP)
+MOVE_M = 30.0  # reports' GPS noise moves the mean by metres: not news
+REFRESH_S = 300.0  # tell an extended expiry this long before the told one passes (sweeps are 5 s)
 
 
 @dataclass
@@ -94,6 +109,13 @@ class Incident:
     version: int = 0
     recovered_since: float | None = None
     ended_at: float | None = None
+    # what the last alert told (see the module docstring); None until it opened
+    told_conf: float | None = None
+    told_lat: float | None = None
+    told_lon: float | None = None
+    told_expires_at: float | None = None
+    told_probes: int = 0
+    told_down: int = 0
 
     @property
     def cell(self) -> str:
@@ -145,10 +167,43 @@ class Book:
     def from_bytes(cls, raw: bytes) -> Book:
         doc = orjson.loads(raw)
         return cls(
-            incidents={k: Incident(**v) for k, v in doc["incidents"].items()},
+            incidents={k: _load_incident(v) for k, v in doc["incidents"].items()},
             aliases=doc["aliases"],
             recent=doc["recent"],
         )
+
+
+def _load_incident(doc: dict[str, Any]) -> Incident:
+    inc = Incident(**doc)
+    if "told_conf" not in doc and inc.opened_at is not None:
+        # stored before the material-change rule, when every change was told: what it holds was told
+        # (confidence as of its last confirmation, undecayed: the nearest to what went out)
+        _told(inc, inc.confidence(inc.confirmed_ts))
+    return inc
+
+
+def _told(inc: Incident, confidence: float) -> None:
+    inc.told_conf, inc.told_lat, inc.told_lon = confidence, inc.lat, inc.lon
+    inc.told_expires_at, inc.told_probes, inc.told_down = inc.expires_at, inc.probes, inc.votes_down()
+
+
+def _due_refresh(inc: Incident, now: float) -> bool:
+    """Its lifetime outgrew the told one, which is near: drivers and ``active`` would drop it early."""
+    told, real = inc.told_expires_at, inc.expires_at
+    return real is not None and (told is None or (real > told and told - now <= REFRESH_S))
+
+
+def _material(inc: Incident, now: float) -> bool:
+    """Whether an open incident changed enough since its last alert to tell drivers again."""
+    if inc.told_conf is None or inc.told_lat is None or inc.told_lon is None:
+        return True
+    return (
+        abs(inc.confidence(now) - inc.told_conf) >= CONF_STEP - 1e-9
+        or geo.distance_m(inc.told_lat, inc.told_lon, inc.lat, inc.lon) >= MOVE_M
+        or (inc.probes > 0) != (inc.told_probes > 0)
+        or (inc.votes_down() > 0) != (inc.told_down > 0)
+        or _due_refresh(inc, now)
+    )
 
 
 def _event(inc: Incident, state: LifecycleState, now: float, reason: str | None = None) -> IncidentEvent:
@@ -165,11 +220,12 @@ def _event(inc: Incident, state: LifecycleState, now: float, reason: str | None 
         expires_at=inc.expires_at,
         evidence=Evidence(inc.probes, inc.reports, inc.votes_up(), inc.votes_down()),
     )
+    _told(inc, snap.confidence)
     return IncidentEvent(state, snap, inc.version, reason)
 
 
 def _evaluate(inc: Incident, now: float) -> list[IncidentEvent]:
-    """After a change: open once confident enough, else tell the change if already open."""
+    """After a change: open once confident enough, else tell the change if already open and material."""
     if inc.ended_at is not None:
         return []
     if inc.opened_at is None:
@@ -177,7 +233,7 @@ def _evaluate(inc: Incident, now: float) -> list[IncidentEvent]:
             return []
         inc.opened_at = now
         return [_event(inc, "opened", now)]
-    return [_event(inc, "updated", now)]
+    return [_event(inc, "updated", now)] if _material(inc, now) else []
 
 
 def _end(inc: Incident, now: float, reason: str) -> list[IncidentEvent]:
@@ -284,12 +340,14 @@ def clear(book: Book, incident: str, now: float, reason: str = "cleared") -> lis
 
 
 def expire(book: Book, now: float) -> list[IncidentEvent]:
-    """Timer: clear lapsed incidents, forget old tombstones and rate-limit history."""
+    """Timer: clear lapsed incidents, tell extended lifetimes before the told one passes, forget old state."""
     out: list[IncidentEvent] = []
     for inc in list(book.incidents.values()):
         deadline = inc.deadline()
         if inc.ended_at is None and deadline is not None and deadline <= now:
             out += _end(inc, now, "expired")
+        elif inc.ended_at is None and inc.opened_at is not None and _due_refresh(inc, now):
+            out.append(_event(inc, "updated", now))
         if inc.ended_at is not None and now - inc.ended_at >= TOMBSTONE_S:
             del book.incidents[inc.id]
     live = set(book.incidents)

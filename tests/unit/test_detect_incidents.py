@@ -1,4 +1,4 @@
-"""pipeline.detect.incidents: merging, confidence, votes, lifetimes, spam, recovery, alert payload."""
+"""pipeline.detect.incidents: merging, confidence, votes, lifetimes, spam, recovery, alert payload, throttling."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from pipeline import geo
 from pipeline.detect import incidents
 from pipeline.detect.events import IncidentEvent, to_alert
 from pipeline.detect.incidents import Book
+from pipeline.engine import Engine, Tables
 
 ORIGIN = (48.8566, 2.3522)
 T0 = 1_763_780_000.0
@@ -292,3 +294,128 @@ def test_votes_keep_confidence_in_range_and_the_lifecycle_in_order(votes: list[t
     assert "cleared" not in states[:-1]
     for inc in book.incidents.values():
         assert 0.0 <= inc.confidence(T0 + 100) <= incidents.CAP
+
+
+# -- updated only on a material change -------------------------------------------------------------
+def test_a_burst_of_reports_at_one_spot_tells_only_confidence_steps() -> None:
+    """The demo's stalled vehicle: 10 devices 1-3 s apart, GPS noise of metres (was opened + 9 updates)."""
+    ts, reports = T0, []
+    for i in range(10):
+        reports.append(rep("stalled_vehicle", device=f"d{i}", ts=ts, east_m=(-4.0, 3.0, 0.0, 5.0, -2.0)[i % 5]))
+        ts += 1 + i % 3
+    _, emits = feed(None, *reports)
+    assert [e.state for e in emits] == ["opened", "updated", "updated", "updated"]
+    # 0.5 → 0.75 → 0.875 → (0.9375 and 0.969 are < 0.1 from what was told) 0.984 → capped 0.99: untold
+    assert [e.incident.confidence for e in emits] == pytest.approx([0.5, 0.75, 0.875, 0.984], abs=0.001)
+    assert [e.incident.evidence.reports for e in emits] == [1, 2, 3, 6]
+
+
+def test_a_report_moving_the_mean_30_m_is_told() -> None:
+    book, _ = feed(None, *[rep(device=f"d{i}", ts=T0 + i) for i in range(7)])  # confidence capped at 0.99
+    book, emits = feed(book, rep(device="far1", ts=T0 + 10, east_m=140.0))
+    assert emits == []  # the mean moved 17.5 m
+    book, emits = feed(book, rep(device="far2", ts=T0 + 12, east_m=140.0))
+    assert [e.state for e in emits] == ["updated"]  # 31 m from the position told
+    told = emits[0].incident
+    assert geo.distance_m(told.lat, told.lon, *ORIGIN) == pytest.approx(280.0 / 9, abs=0.5)
+    book, emits = feed(book, rep(device="far3", ts=T0 + 14, east_m=100.0))
+    assert emits == []  # 7 m on from the position told: the drift is measured from what went out
+
+
+def test_confidence_is_told_when_it_moved_a_step_either_way() -> None:
+    r = rep()
+    book, _ = feed(None, r, *[rep(device=f"d{i}", ts=T0 + i) for i in (1, 2)])  # told 0.875
+    book, emits = feed(book, rep(device="d3", ts=T0 + 3), rep(device="d4", ts=T0 + 4))
+    assert emits == []  # 0.9375, 0.969: less than 0.1 from 0.875
+    book, emits = feed(book, rep(device="d5", ts=T0 + 5))
+    assert [(e.state, round(e.incident.confidence, 3)) for e in emits] == [("updated", 0.984)]
+    book, emits = incidents.vote(book, vote(r["id"], "n1", "not_there", T0 + 10), T0 + 10)
+    assert [e.state for e in emits] == ["updated"]  # the first denial means something: told at once
+    book, emits = incidents.vote(book, vote(r["id"], "n2", "not_there", T0 + 20), T0 + 20)
+    assert emits == []  # 0.969 → 0.938: a second denial that moves little is not news
+    later = T0 + 1800  # half the hazard's lifetime since its last confirmation: decay × 0.75
+    book, emits = incidents.vote(book, vote(r["id"], "n3", "not_there", later), later)
+    assert [e.state for e in emits] == ["updated"]
+    assert emits[0].incident.confidence == pytest.approx(0.75 * (1 - 0.5**3), abs=0.001)
+
+
+def test_a_probe_detection_appearing_and_going_is_told() -> None:
+    book, _ = feed(None, *[rep(device=f"d{i}", ts=T0 + i) for i in range(7)])
+    inc = next(iter(book.incidents.values()))
+    assert [e.state for e in incidents.set_probes(book, inc.id, 1, T0 + 20)] == ["updated"]  # 0.99 either way
+    assert [e.incident.evidence.probes for e in incidents.set_probes(book, inc.id, 0, T0 + 30)] == [0]
+
+
+class _Worker:
+    """An :class:`Engine` on in-memory tables and an injected clock: reports in, ticks, what it published."""
+
+    def __init__(self) -> None:
+        self.engine, self.now = Engine(Tables.in_memory()), T0
+        self.alerts: list[dict[str, Any]] = []
+        self.incidents: dict[str, list[str]] = {}  # cell → incidents its last condition named
+
+    def send(self, rec: dict[str, Any]) -> None:
+        self._take(self.engine.on_report(geo.key_cell(*ORIGIN, 7, 9), rec, 0, self.now))  # votes carry no position
+        self.engine.flush(0, self.now)
+
+    def tick(self) -> None:
+        self._take(self.engine.tick(self.now))
+        self.engine.flush(0, self.now)
+
+    def _take(self, out: Any) -> None:
+        self.alerts += [orjson.loads(v) for _, v in out.alerts]
+        for k, v in out.conditions:
+            self.incidents[k.decode()] = orjson.loads(v)["incidents"] if v is not None else []
+
+
+def test_an_incident_kept_alive_by_votes_never_drops_out_of_active_early() -> None:
+    """Extensions are told before the told expiry passes (the engine drops ``active`` entries at it)."""
+    w = _Worker()
+    first = rep("stalled_vehicle", device="d0", ts=T0)
+    for r in [first, *[rep("stalled_vehicle", device=f"d{i}", ts=T0 + i) for i in range(1, 7)]]:
+        w.now = r["ts"]
+        w.send(r)
+    inc_id = w.alerts[0]["id"]
+    cell = geo.cell(*ORIGIN, 9)
+    vote_at = [T0 + 120.0 * i for i in range(1, 31)]  # a still_there every 2 min for an hour
+    end = vote_at[-1] + 1800.0  # the real end: 30 min after the last confirmation
+    for step in range(1, int((end + 60 - T0) / 5)):
+        w.now = T0 + 5.0 * step
+        if vote_at and w.now >= vote_at[0]:
+            w.send(vote(inc_id, f"u{len(vote_at)}", "still_there", vote_at.pop(0)))
+        w.tick()
+        entry = (w.engine.active.values.get(cell) or {}).get(inc_id)
+        if w.now < end:
+            assert entry is not None and entry["expires_at"] > w.now, w.now
+            assert inc_id in w.incidents.get(cell, []), w.now  # drivers' conditions still show it
+        else:
+            assert entry is None
+    later = [a for a in w.alerts if a["updated_at"] >= T0 + 120]
+    # three refreshes of the expiry (each within 5 min of the told one), not 30 updates, then the end
+    assert [a["state"] for a in later] == ["updated"] * 3 + ["cleared"]
+    assert [a["expires_at"] - a["updated_at"] <= incidents.REFRESH_S for a in later[:3]] == [False] * 3
+    assert later[-1]["reason"] == "expired" and later[-1]["updated_at"] == pytest.approx(end, abs=5)
+    assert inc_id not in w.incidents[cell]
+
+
+def test_told_state_round_trips_and_old_books_still_load() -> None:
+    r = rep("stalled_vehicle")
+    book, _ = feed(None, r, rep("stalled_vehicle", device="b", ts=T0 + 2, east_m=10.0))
+    incidents.set_probes(book, r["id"], 1, T0 + 5)
+    inc = next(iter(book.incidents.values()))
+    assert (inc.told_probes, inc.told_conf, inc.told_expires_at) == (1, pytest.approx(0.875, abs=0.002), T0 + 2 + 1800)
+    back = Book.from_bytes(book.to_bytes())
+    assert back == book and back.incidents[inc.id].told_lat == inc.lat
+    # a book stored before the rule: no told_* keys
+    doc = orjson.loads(book.to_bytes())
+    for stored in doc["incidents"].values():
+        for k in [k for k in stored if k.startswith("told_")]:
+            del stored[k]
+    old = Book.from_bytes(orjson.dumps(doc))
+    loaded = old.incidents[inc.id]
+    assert (loaded.told_lat, loaded.told_lon, loaded.told_probes) == (inc.lat, inc.lon, 1)
+    assert (loaded.told_conf, loaded.told_expires_at) == (pytest.approx(0.875), T0 + 2 + 1800)  # undecayed
+    _, emits = feed(old, rep("stalled_vehicle", device="c", ts=T0 + 8))  # 0.9375: nothing new to tell
+    assert emits == []
+    _, emits = incidents.vote(old, vote(r["id"], "n1", "not_there", T0 + 9), T0 + 9)
+    assert [e.state for e in emits] == ["updated"]
