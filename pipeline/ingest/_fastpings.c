@@ -483,6 +483,8 @@ static PyMethodDef methods[] = {
     {"crc32c", (PyCFunction)(void (*)(void))crc32c_py, METH_VARARGS | METH_KEYWORDS,
      "crc32c(data, /, soft=False) -> int: CRC-32C (Castagnoli) of data, as record_batch computes it "
      "(SSE4.2 where the CPU has it), or through the software table with soft=True"},
+    {"crc32c_calls", crc32c_calls_py, METH_NOARGS,
+     "crc32c_calls() -> (sse4.2, table): how many CRCs each path has computed in this process"},
     {"cell_stats", cell_stats, METH_NOARGS,
      "cell_stats() -> (pings keyed by the previous ping's cell, pings keyed by H3, cell shapes made)"},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,

@@ -54,5 +54,7 @@ FP_HIDDEN PyObject *record_batch(PyObject *self, PyObject *const *args, Py_ssize
 
 /* crc32c(data, /, soft=False) -> int */
 FP_HIDDEN PyObject *crc32c_py(PyObject *self, PyObject *args, PyObject *kwargs);
+/* crc32c_calls() -> (sse4.2, table) */
+FP_HIDDEN PyObject *crc32c_calls_py(PyObject *self, PyObject *args);
 
 #endif

@@ -20,3 +20,6 @@ def record_batch(
 
 def crc32c(data: bytes | bytearray | memoryview, /, soft: bool = False) -> int:
     """CRC-32C of ``data`` as ``record_batch`` computes it (SSE4.2 where the CPU has it); ``soft``: the table path."""
+
+def crc32c_calls() -> tuple[int, int]:
+    """How many CRCs the SSE4.2 path and the table path have computed in this process."""

@@ -16,7 +16,7 @@ from aiokafka.record.util import calc_crc32c
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.ingest._fastpings import crc32c, record_batch
+from pipeline.ingest._fastpings import crc32c, crc32c_calls, record_batch
 
 POLY = 0x82F63B78  # Castagnoli, reflected
 CHECK = 0xE3069283  # CRC-32C of b"123456789" (the catalogue's check value)
@@ -106,3 +106,17 @@ def test_only_a_bytes_like_object_is_taken() -> None:
     with pytest.raises(TypeError):
         crc32c(data=b"123456789")  # type: ignore[call-arg]
     assert crc32c(bytearray(b"123456789"), soft=True) == CHECK
+
+
+def test_soft_takes_the_table_path_and_batches_the_path_the_cpu_has() -> None:
+    # without this the tests above would pass with ``soft`` ignored: both paths give the same CRC
+    hw, table = crc32c_calls()
+    crc32c(b"123456789", soft=True)
+    assert crc32c_calls() == (hw, table + 1)
+    record_batch([(b"k", b"v")], 0, -1, -1, -1)
+    after = crc32c_calls()
+    # one more CRC, through SSE4.2 where this CPU has it (x86-64 servers do), else the table
+    assert after[0] + after[1] == hw + table + 2 and after[1] in (table + 1, table + 2)
+    if after[0] == hw + 1:
+        crc32c(b"123456789")
+        assert crc32c_calls() == (hw + 2, table + 1)
