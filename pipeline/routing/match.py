@@ -4,9 +4,10 @@ A route polyline says where the driver means to go, not which graph edges that i
 points that lie on a junction (within :data:`JUNCTION_M` of one) are kept in order, and
 consecutive junctions are joined by the edge between them, or, where the points were
 sparse, by the map's quickest path (what a navigation app draws between two of its
-points). Where the driver is on the route: the first edge passing within :data:`ON_ROUTE_M`
-of its position (the nearest of the first such run: a route is sent from where the driver is,
-so that is its current edge, even when the route comes back near the same place later).
+points), continuing from the edge matched before it under the net's turn rules. Where
+the driver is on the route: the first edge passing within :data:`ON_ROUTE_M` of its position
+(the nearest of the first such run: a route is sent from where the driver is, so that is its
+current edge, even when the route comes back near the same place later).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def route_edges(router: Router, polyline: Iterable[tuple[float, float]]) -> tupl
     edges: list[int] = []
     for a, b in itertools.pairwise(nodes):
         direct = router.between.get((a, b))
-        part = (direct,) if direct is not None else router.map_path(a, b)
+        part = (direct,) if direct is not None else router.map_path(a, b, arrived_by=edges[-1] if edges else None)
         if not part:
             break
         edges += part

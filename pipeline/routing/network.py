@@ -4,7 +4,10 @@ SUMO networks are in projected metres: ``<location netOffset projParameter>`` sa
 (UTM, for the Berlin networks shipped in the ``eclipse-sumo`` package). We parse the XML
 ourselves (``iterparse``; sumolib's reader builds an object per lane and needs pyproj to
 un-project) and keep what routing needs: junction-to-junction edges a car may use, with
-their length, speed limit and shape as (lat, lon).
+their length, speed limit and shape as (lat, lon), and the turns a car may take between
+them: SUMO's ``<connection from to fromLane toLane via>`` elements from a car lane of one
+kept edge to a car lane of another (through an inner lane cars may use, when it names one).
+A turn the net does not list (a banned left, a U-turn where none is built) is not driven.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class RoadNetwork:
     node_lat: np.ndarray  # float64, one per node
     node_lon: np.ndarray
     edges: tuple[RoadEdge, ...]
+    # per edge (same index), the edges a car may turn into at its end, ascending; () for none
+    turns: tuple[tuple[int, ...], ...] = ()
 
 
 def sumo_net_path(name: str = "DRT") -> Path:
@@ -113,6 +118,9 @@ def load(path: Path | str, name: str = "") -> RoadNetwork:
     zone, north = 0, True
     junctions: dict[str, tuple[float, float]] = {}
     raw: list[tuple[str, str, str, float, float, list[tuple[float, float]]]] = []
+    car_lanes: dict[str, set[str]] = {}  # kept edge -> the indices of its car lanes
+    no_car_inner: set[str] = set()  # internal lanes cars may not use
+    links: set[tuple[str, str]] = set()  # (from edge, to edge): a car may turn
     for _, el in ET.iterparse(str(path), events=("end",)):
         tag = el.tag
         if tag == "location":
@@ -128,9 +136,12 @@ def load(path: Path | str, name: str = "") -> RoadNetwork:
                 junctions[el.get("id", "")] = (float(el.get("x", 0)), float(el.get("y", 0)))
             el.clear()
         elif tag == "edge":
-            if el.get("function") is None:
+            if el.get("function") == "internal":
+                no_car_inner.update(ln.get("id", "") for ln in el.findall("lane") if not _car_allowed(ln))
+            elif el.get("function") is None:
                 lanes = [ln for ln in el.findall("lane") if _car_allowed(ln)]
                 if lanes:
+                    car_lanes[el.get("id", "")] = {ln.get("index", "") for ln in lanes}
                     shape = el.get("shape") or lanes[0].get("shape", "")
                     raw.append(
                         (
@@ -142,6 +153,15 @@ def load(path: Path | str, name: str = "") -> RoadNetwork:
                             _points(shape),
                         )
                     )
+            el.clear()
+        elif tag == "connection":
+            src, dst = el.get("from", ""), el.get("to", "")
+            if (
+                el.get("fromLane") in car_lanes.get(src, ())
+                and el.get("toLane") in car_lanes.get(dst, ())
+                and el.get("via", "") not in no_car_inner
+            ):
+                links.add((src, dst))
             el.clear()
     if zone == 0:
         raise ValueError(f"{path}: no <location> with a projection")
@@ -156,4 +176,18 @@ def load(path: Path | str, name: str = "") -> RoadNetwork:
         lat, lon = utm_to_latlon(p[:, 0] - offset[0], p[:, 1] - offset[1], zone, north)
         shape = tuple(zip(lat.tolist(), lon.tolist(), strict=True))
         edges.append(RoadEdge(sid, index[src], index[dst], max(length, 0.1), max(speed, 1.0), shape))
-    return RoadNetwork(name or Path(path).parent.name, tuple(used), node_lat, node_lon, tuple(edges))
+    # connections come after the edges in a .net.xml; an internal edge's id starts with ':', never kept
+    edge_index = {e.sumo_id: i for i, e in enumerate(edges)}
+    turns: list[list[int]] = [[] for _ in edges]
+    for a, b in links:
+        ia, ib = edge_index[a], edge_index[b]
+        if edges[ib].source == edges[ia].target:  # a turn joins edges that meet
+            turns[ia].append(ib)
+    return RoadNetwork(
+        name or Path(path).parent.name,
+        tuple(used),
+        node_lat,
+        node_lon,
+        tuple(edges),
+        tuple(tuple(sorted(t)) for t in turns),
+    )

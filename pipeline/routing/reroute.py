@@ -10,6 +10,11 @@ on it). This is decided at every subscribe (so a driver who subscribes after a c
 known is told at once) and whenever live weights change on the plan. An offered route
 becomes the plan; a driver who then sends its old route again has declined it, and the
 same way round is not offered again (only a new one, e.g. from further along).
+
+Routes follow the turns the net allows (:mod:`pipeline.routing.turns`). Where the plan knows
+the edge the driver reaches its junction by (the plan's edge before it, or the route edge
+the driver was found on), the way now starts with a turn allowed from that edge: a driver
+mid-route is not told to take a banned turn, nor to turn round without a good reason.
 """
 
 from __future__ import annotations
@@ -32,15 +37,26 @@ class Plan:
     edge_set: frozenset[int]
     at: int  # the junction the driver was last snapped to (or is heading to, on its route)
     offered: tuple[int, ...] = ()  # the last way offered (not offered again)
+    entry: int | None = None  # the edge the driver reaches the plan's start by, when known
 
     @classmethod
-    def of(cls, router: Router, start: int, destination: int, route: Route) -> Plan:
-        return cls.along(router, start, destination, route.edges)
+    def of(cls, router: Router, start: int, destination: int, route: Route, entry: int | None = None) -> Plan:
+        return cls.along(router, start, destination, route.edges, entry)
 
     @classmethod
-    def along(cls, router: Router, start: int, destination: int, edges: tuple[int, ...]) -> Plan:
+    def along(
+        cls, router: Router, start: int, destination: int, edges: tuple[int, ...], entry: int | None = None
+    ) -> Plan:
         nodes = [start] + [router.net.edges[e].target for e in edges]
-        return cls(destination, tuple(nodes), edges, frozenset(edges), start)
+        return cls(destination, tuple(nodes), edges, frozenset(edges), start, entry=entry)
+
+    def arrived_by(self, at: int) -> int | None:
+        """The edge by which the plan reaches junction ``at`` (None: at its start, entered from nowhere known)."""
+        try:
+            i = self.nodes.index(at)
+        except ValueError:
+            return None
+        return self.edges[i - 1] if i > 0 else self.entry
 
     def remaining(self, at: int) -> tuple[int, ...] | None:
         """Edges still ahead of junction ``at``; None when the driver left the plan."""
@@ -76,15 +92,17 @@ def reconsider(router: Router, plan: Plan) -> Offer | None:
     if rest is None:
         return None
     current = router.cost(rest)
-    best = router.route_nodes(at, plan.destination)
+    entry = plan.arrived_by(at)
+    best = router.route_nodes(at, plan.destination, arrived_by=entry)
     if best is None or not worth_it(current, best.travel_s):
         return None
     n = len(best.edges)
     if n and plan.offered[-n:] == best.edges:
         return None  # the way already offered (the driver kept its own): not again
     reason = next(iter(router.closures_on(rest)), "congestion")
-    new = Plan.of(router, at, plan.destination, best)
+    new = Plan.of(router, at, plan.destination, best, entry)
     plan.nodes, plan.edges, plan.edge_set, plan.offered = new.nodes, new.edges, new.edge_set, best.edges
+    plan.entry = entry
     blocked = not math.isfinite(current)
     return Offer(best, 0.0 if blocked else current - best.travel_s, blocked, current, reason)
 
@@ -104,11 +122,11 @@ def driven_plan(router: Router, route: tuple[int, ...], lat: float, lon: float, 
     if goal in nodes:
         rest = rest[: nodes.index(goal)]
     else:
-        tail = router.map_path(nodes[-1], goal)
+        tail = router.map_path(nodes[-1], goal, arrived_by=(rest or route[i : i + 1])[-1])
         if not tail:
             return None
         rest += tail
-    return Plan.along(router, at, goal, rest)
+    return Plan.along(router, at, goal, rest, entry=route[i])
 
 
 def on_subscribe(

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import igraph  # type: ignore[import-untyped]
 import numpy as np
 
 from pipeline import geo
+from pipeline.routing import turns
 from pipeline.routing.network import RoadNetwork
 
 SAMPLE_M = 25.0  # step when walking an edge's shape to find the cells it crosses
@@ -86,10 +87,14 @@ class Router:
 
     def __init__(self, net: RoadNetwork, res: int = 9) -> None:
         self.net = net
-        self.graph = igraph.Graph(n=len(net.node_ids), edges=[(e.source, e.target) for e in net.edges], directed=True)
+        self.turns = turns.build(net)
+        self.graph = self.turns.graph
         self.speed_limit = np.array([e.speed_mps for e in net.edges], dtype=np.float64)
         self.free = np.array([e.free_flow_s for e in net.edges], dtype=np.float64)
         self.weights = self.free.copy()
+        self._arc_w = self.turns.arc_weights(self.weights)  # kept in step with weights by _reweigh
+        self._arc_free = self.turns.arc_weights(self.free)
+        self._arc_edge: list[int] = self.turns.arc_edge.tolist()
         self.pieces = [edge_pieces(e.shape, e.length_m, res) for e in net.edges]
         self.by_cell: dict[str, set[int]] = {}
         self.between: dict[tuple[int, int], int] = {}  # (from, to) junctions → the quickest edge joining them
@@ -103,8 +108,9 @@ class Router:
         # live state, only for cells the network crosses
         self.sector_speed: dict[str, dict[int, tuple[float, int]]] = {}  # cell -> sector -> (median, level)
         self.closures: dict[str, tuple[str, float]] = {}  # alert id -> (cell, heading)
-        biggest = max(self.graph.connected_components(mode="strong"), key=len)
-        self._snap_nodes = np.array(sorted(biggest), dtype=np.int64)
+        # a junction to plan from and to: reached by, and left by, edges that reach each other under the turn rules
+        self._routable = self.turns.core_in & self.turns.core_out
+        self._snap_nodes = np.flatnonzero(self._routable).astype(np.int64)
         self._snap_lat = net.node_lat[self._snap_nodes]
         self._snap_lon = net.node_lon[self._snap_nodes]
 
@@ -137,10 +143,13 @@ class Router:
 
     def _reweigh(self, edges: set[int]) -> set[int]:
         changed = set()
+        arc_w, into = self._arc_w, self.turns.into
         for i in edges:
             w = self.edge_time(i)
             if w != self.weights[i]:
                 self.weights[i] = w
+                for k in into[i]:
+                    arc_w[k] = w
                 changed.add(i)
         return changed
 
@@ -181,23 +190,57 @@ class Router:
         node, d = self.nearest(lat, lon)
         return node if d <= MAX_SNAP_M else None
 
-    def route_nodes(self, source: int, target: int) -> Route | None:
-        """Fastest route now between two junctions; None if every way is closed."""
+    def _search(self, source: int, target: int, arrived_by: int | None, weights: list[float]) -> tuple[int, ...]:
+        """Edges of the quickest way under the turn rules (source != target); () when there is none."""
+        tg = self.turns
+        mods: list[tuple[int, float]] = []
+        if arrived_by is None:
+            sure = bool(self._routable[source])
+        elif self.net.edges[arrived_by].target != source:
+            raise ValueError(f"edge {arrived_by} does not end at junction {source}")
+        else:
+            sure, mods = bool(tg.core[arrived_by]), tg.after[arrived_by]
+        saved = [weights[k] for k, _ in mods]
+        for k, add in mods:  # for this query: the turns the driver may not take, and turning back
+            weights[k] += add
+        try:
+            if sure and self._routable[target]:
+                arcs = self.graph.get_shortest_path(tg.start[source], tg.goal[target], weights=weights, output="epath")
+            else:  # maybe unreachable (a rim junction, a dead end): igraph warns, and returns []
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    arcs = self.graph.get_shortest_path(
+                        tg.start[source], tg.goal[target], weights=weights, output="epath"
+                    )
+            if any(weights[k] == math.inf for k in arcs):
+                return ()  # igraph takes an infinite arc when nothing else leads there: closed, or not allowed
+        finally:
+            for (k, _), w in zip(mods, saved, strict=True):
+                weights[k] = w
+        arc_edge = self._arc_edge
+        return tuple(e for e in (arc_edge[k] for k in arcs) if e >= 0)
+
+    def route_nodes(self, source: int, target: int, arrived_by: int | None = None) -> Route | None:
+        """Fastest route now between two junctions; None if every way is closed.
+
+        ``arrived_by``: the edge the driver reached ``source`` by (it must end there): the
+        route then starts with a turn the net allows from it. Without, any edge out of
+        ``source`` may start it.
+        """
         if source == target:
             lat, lon = float(self.net.node_lat[source]), float(self.net.node_lon[source])
             return Route((), ((lat, lon), (lat, lon)), 0.0, 0.0, 0.0)
-        path = self.graph.get_shortest_path(source, target, weights=self.weights, output="epath")
-        edges = tuple(int(e) for e in path)
+        edges = self._search(source, target, arrived_by, self._arc_w)
         travel = float(self.weights[list(edges)].sum()) if edges else math.inf
         if not edges or not math.isfinite(travel):
             return None
         return self.path(edges)
 
-    def map_path(self, source: int, target: int) -> tuple[int, ...]:
+    def map_path(self, source: int, target: int, arrived_by: int | None = None) -> tuple[int, ...]:
         """The quickest edges between two junctions by the map alone (free-flow times); () if none."""
         if source == target:
             return ()
-        return tuple(int(e) for e in self.graph.get_shortest_path(source, target, weights=self.free, output="epath"))
+        return self._search(source, target, arrived_by, self._arc_free)
 
     def closures_on(self, edges: tuple[int, ...]) -> list[str]:
         """Ids of the active closures on these edges, in the direction they are driven."""
