@@ -26,6 +26,19 @@ res-7 cell its pings are routed elsewhere and it is seeded afresh there (see
 A moving device's state is not written at all: losing it in a crash only means
 its next ping seeds again, and writing it would cost a changelog record per ping.
 
+Moving devices with nothing open (most of them) are not Python objects at all:
+they live as C structs in :attr:`Engine.movers` (:mod:`pipeline._movers`), whose
+``glide`` is :func:`pipeline.detect.motion.glide` for a record's usual pings
+without touching a Python object per device (the worker is memory-bound: the
+same glide in C on the Python trackers gained nothing). A device is in exactly
+one of ``devices.values`` and ``movers``; any ping the C path refuses takes it
+out as a ``StallState`` and steps it in Python, and after a step a device moving
+with nothing open goes back. Such a device is never persisted, so nothing about
+the table changes (a stop's stored copy still gets its tombstone: the step that
+ends the stop marks the key, and the flush finds it absent from ``values``).
+``Engine(native=False)`` keeps every device in Python (the reference the native
+engine is held equal to, tests/unit/test_movers.py).
+
 Conditions (:meth:`Engine.tick`) come from the speed windows, the learned free
 flow of the cell (hour of week of ``now``) and the open incidents of the cell;
 a closure sets level 5. Alerts come from every detector as they happen.
@@ -35,6 +48,7 @@ the detector that opened them was lost (a crashed worker's moving-device state).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -43,7 +57,7 @@ from typing import Any
 import h3
 import orjson
 
-from pipeline import geo
+from pipeline import _movers, geo
 from pipeline.cellstate import DictTable, PartitionedState, PartitionTable
 from pipeline.detect import baseline, crash, incidents, motion, stall
 from pipeline.detect.events import IncidentEvent, to_alert
@@ -59,6 +73,16 @@ SWEEP_S = 5.0  # detectors' timers: quiet devices, crash context, report lifetim
 DEVICE_EXPIRE_S = 60.0  # silent devices' state dropped this often: a pass over every tracker
 REPORT_NEAR_M = incidents.MERGE_M
 _by_ts = itemgetter("ts")
+_NOBODY: dict[str, Any] = {}  # no cell watched (never written)
+_movers.bind(
+    motion.MotionTracker,
+    stall.StallState,
+    motion.STILL_MPS,
+    motion.GAP_S,
+    motion.MAX_BRAKE_DT_S,
+    motion.HARD_BRAKE_MPS2,
+    motion.TTL_S,
+)
 
 
 class RecordProblem(ValueError):
@@ -99,7 +123,9 @@ def _device_worth_storing(s: stall.StallState) -> bool:
 
 
 class Engine:
-    def __init__(self, tables: Tables, *, min_devices: int = 3, cell_res: int = 9, key_res: int = 7) -> None:
+    def __init__(
+        self, tables: Tables, *, min_devices: int = 3, cell_res: int = 9, key_res: int = 7, native: bool = True
+    ) -> None:
         self.min_devices = min_devices
         self.cell_res, self.key_res = cell_res, key_res
         self.cells: PartitionedState[CellSpeedWindow] = PartitionedState(
@@ -136,6 +162,8 @@ class Engine:
         self.spots = Spots()  # stopped devices and who passes them: in memory, rebuilt from live pings
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
         self.dkeys: dict[str, tuple[str, str]] = {}  # device → (its last key, its devices-table key)
+        # moving devices with nothing open, as C structs (see the module doc); None: all in Python
+        self.movers: _movers.Store | None = _movers.Store() if native else None
         self.pings = 0
         self.duplicates = 0
         self.reports = 0  # report and vote records seen (bad ones included)
@@ -159,36 +187,59 @@ class Engine:
         touched_cells: set[str] = set()
         wake = self.pacing.pending  # cells the conditions side wants to hear of (window.wake_at)
         touched_devices: set[str] = set()
+        movers = self.movers
         ordered = sorted(batch, key=_by_ts) if len(batch) > 1 else list(batch)
         # the speed windows first, all pings at once in C (speed.add_pings): they and the
         # detectors below share no state, except that a crash fact reads its cell's traffic,
         # which then already counts the rest of this record (seconds of one area)
         duplicates = add_pings(ordered, windows, self._window_of, partition, now, touched_cells, wake)
-        for p in ordered:
+        i, n = 0, len(ordered)
+        while i < n:
+            if movers is not None:
+                # the usual pings of stored moving devices, in C; it stops at the first one it
+                # leaves to the loop below (a stop, a brake, a seed, a spot near, a new cell...)
+                i = movers.glide(ordered, i, now, parents, watched, standing)
+                if i == n:
+                    break
+            p = ordered[i]
+            i += 1
             c9 = p["cell"]
             dev = p["device_id"]
             if c9 in watched:  # someone stands near: does this one go past them?
                 spots.see(c9, dev, p["ts"], p["lat"], p["lon"], p["speed_mps"], p["heading_deg"])
+                if movers is not None and movers.glide([p], 0, now, parents, _NOBODY, standing):
+                    continue  # seen: now it glides on in C like the others
             k7 = parents.get(c9)
             if k7 is None:
-                k7 = parents[c9] = to_parent(c9, key_res)
+                # interned: one key object for all its cells, so the movers' store matches it by identity
+                k7 = parents[c9] = sys.intern(to_parent(c9, key_res))
             hit = dkeys.get(dev)
             if hit is not None and hit[0] == k7:
                 dkey = hit[1]  # one object per device and key: the dicts find it by identity
             else:
                 dkey = k7 + "|" + dev
                 dkeys[dev] = (k7, dkey)
-            st = trackers.get(dkey) or devices.get(dkey, partition)
+            st = trackers.get(dkey)
+            if st is None:
+                st = (movers.take(dev, k7) if movers is not None else None) or devices.get(dkey, partition)
             if st is not None and st.stall is None and glide(st.motion, p, now):
                 # moving on, nothing open, no fact (most pings): what step() would have done
                 if dev in standing:
                     spots.lift(dev)
                 touched_devices.add(dkey)
+                if movers is not None and movers.put(dev, k7, dkey, st, partition):
+                    trackers.pop(dkey, None)
                 continue
             # needs_around only for a device standing with nothing open (few): a call saved per moving one
             near = st is not None and st.stall is None and st.motion.still_since is not None and needs_around(st, p)
             st, events, facts = step(st, p, now, spots.around(dev) if near else None)
-            trackers[dkey] = st
+            if movers is not None and st.stall is None and st.motion.still_since is None:
+                if movers.put(dev, k7, dkey, st, partition):  # moving, nothing open: back to C
+                    trackers.pop(dkey, None)
+                else:
+                    trackers[dkey] = st  # a field C does not hold exactly (an int past 2**53)
+            else:
+                trackers[dkey] = st
             if st.stall is not None:
                 self.stalled.add(dkey)
             m = st.motion
@@ -257,7 +308,12 @@ class Engine:
         and stopped devices are few: loaded now. Speed windows can be millions:
         read a slice per tick (:data:`pipeline.pacing.ADOPT_BUDGET_S`) while records flow.
         """
-        self.stalled.update(key for key, st in self.devices.adopt(partition) if st.stall is not None)
+        held = self.movers.keys() if self.movers is not None and len(self.movers) else {}
+        for key, st in self.devices.adopt(partition):
+            if key in held:  # the table's copy is a stop it has left (its tombstone is pending)
+                del self.devices.values[key]
+            elif st.stall is not None:
+                self.stalled.add(key)
         for state in (self.areas, self.books):
             for _ in state.adopt(partition):
                 pass
@@ -265,6 +321,17 @@ class Engine:
         self.pacing.adopting.append((partition, self.cells.adopt(partition)))
 
     # -- helpers --------------------------------------------------------------
+    def device_keys(self) -> dict[str, int]:
+        """Every tracked device's table key → its partition, in Python or in :attr:`movers`."""
+        held = {key: self.devices.partition_of.get(key, 0) for key in self.devices.values}
+        if self.movers is not None:
+            held.update(self.movers.keys())
+        return held
+
+    def tracked_devices(self) -> int:
+        """How many device states are held in memory (metrics)."""
+        return len(self.devices.values) + (len(self.movers) if self.movers is not None else 0)
+
     def traffic(self, cell: str, sector: int, now: float) -> float | None:
         """Median speed of a cell and sector over the window; None below k devices."""
         w = self.cells.values.get(cell)
@@ -384,6 +451,10 @@ class Engine:
             for key, st in devices.items():
                 if stall.expire(st, now):
                     devices.drop(key)
+            if self.movers is not None:
+                # stall.expire's rule. No mark needed: a key was marked when it entered the store,
+                # so a stop's stored copy has its tombstone due already (devices.drop adds nothing)
+                self.movers.expire(now)
         areas = self.areas
         for key, area in areas.items():
             part = areas.partition_of.get(key, 0)
@@ -429,6 +500,8 @@ class Engine:
         kept = set(keep)
         for state in (self.cells, self.baselines, self.devices, self.areas, self.books, self.active):
             state.forget_partitions(kept)
+        if self.movers is not None:
+            self.movers.forget(kept)
         self.spots.clear()
         self.stalled &= self.devices.values.keys()
         self.pacing.forget(kept)

@@ -59,7 +59,7 @@ class WorkerMetrics:
         return {
             "cell-speed": len(e.cells.values),
             "baseline": len(e.baselines.values),
-            "devices": len(e.devices.values),
+            "devices": e.tracked_devices(),  # moving ones are in e.movers
             "crash-areas": len(e.areas.values),
             "report-books": len(e.books.values),
             "active-incidents": len(e.active.values),

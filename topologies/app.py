@@ -395,7 +395,7 @@ async def healthz(web: Any, request: Any) -> Any:
             "pings": engine.pings,
             "duplicates": engine.duplicates,
             "cells": len(engine.cells.values),
-            "devices": len(engine.devices.values),
+            "devices": engine.tracked_devices(),
             "published": len(engine.pacing.published),
         }
     )

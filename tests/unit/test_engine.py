@@ -235,7 +235,7 @@ def test_only_stopped_devices_are_stored_and_silent_ones_expire() -> None:
     assert stored == {"still"}
     run.tick(400.0)
     run.tick(5.0)
-    assert run.engine.devices.values == {}
+    assert run.engine.device_keys() == {}
 
 
 # -- crashes ----------------------------------------------------------------------
@@ -416,13 +416,13 @@ def test_vehicle_stalling_just_after_a_key_boundary_is_detected_in_the_new_parti
         run.tick()
     (opened,) = run.opened("stalled_vehicle")
     assert geo.distance_m(opened["lat"], opened["lon"], *after) < 5
-    keys = {k.split("|")[0] for k in run.engine.devices.values if k.endswith("|v")}
+    keys = {k.split("|")[0] for k in run.engine.device_keys() if k.endswith("|v")}
     assert keys == {geo.key_cell(*before, 7, 9), geo.key_cell(*after, 7, 9)}
-    assert run.engine.devices.partition_of[geo.key_cell(*before, 7, 9) + "|v"] == 1
+    assert run.engine.device_keys()[geo.key_cell(*before, 7, 9) + "|v"] == 1
     # the stale state under the old key expires without an alert
     for _ in range(70):
         run.tick(5.0)
-    assert not any(k.endswith("|v") for k in run.engine.devices.values)
+    assert not any(k.endswith("|v") for k in run.engine.device_keys())
     assert len(run.opened("stalled_vehicle")) == 1
 
 
@@ -431,7 +431,7 @@ def test_state_is_bounded_everything_expires_after_silence() -> None:
     run = Run()
     _stall_scene(run, 12.0)
     run.report(_report(run, "h-9", "u9", "hazard"))
-    assert run.tables.speed and run.tables.books and run.engine.devices.values
+    assert run.tables.speed and run.tables.books and run.engine.device_keys()
     for _ in range(80):  # over 3 hours of silence: lifetime (1 h) + tombstone (1 h) are over
         run.tick(150.0)
     e = run.engine
@@ -444,7 +444,7 @@ def test_state_is_bounded_everything_expires_after_silence() -> None:
     assert {k.decode() for k in run.tables.speed} <= {far}
     assert not run.tables.books and not e.books.values
     assert not run.tables.areas and not run.tables.active
-    assert all(k.endswith("|late") for k in e.devices.values)
+    assert all(k.endswith("|late") for k in e.device_keys())
 
 
 def test_a_rescan_rewrites_only_cells_that_changed() -> None:
@@ -614,7 +614,7 @@ def test_the_sweep_ticks_only_open_stalls(monkeypatch: pytest.MonkeyPatch) -> No
     run.now += 5
     _stall_scene(run, 12.0)
     assert run.opened("stalled_vehicle")
-    assert len(run.engine.devices.values) > 40  # the passers are tracked too
+    assert len(run.engine.device_keys()) > 40  # the passers are tracked too
     ticked: list[str] = []
     real = stall.tick
 
