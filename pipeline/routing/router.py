@@ -16,6 +16,20 @@ do; python 3.11, 2-core machine):
 
 rustworkx calls back into Python for every edge weight; igraph takes the weight
 vector whole, which is what live weights are.
+
+Routes take only the turns the net allows (:mod:`pipeline.routing.turns`: junctions,
+split where turns are restricted; DRT 830 vertices / 1,507 arcs, A10KW 195/274). The
+weights go to igraph as a list per arc, kept in step with the edges' by ``_reweigh``:
+igraph reads a list ~3x faster than the numpy array the junction graph was given (that
+conversion was ~30 µs of a DRT query), which pays for the bigger graph. Measured
+interleaved in one process against the junction-graph router (same pairs, same weight
+changes; 3 rounds of 2,000; a busier machine than the table's, so all are slower):
+
+    µs, median / p95   junction graph    turn rules        turn rules, arrived_by
+    DRT                148-159/221-263   128-137/211-234   119-130/200-220
+    A10KW               42-47/71-75       38-44/64-67       35-41/61-66
+
+(``python -m pipeline.routing.bench [--arrived]`` times this checkout's queries alone.)
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ in by, so it offered banned left turns and U-turns the net does not build. The t
 car may take are ``RoadNetwork.turns`` (SUMO's ``<connection>`` elements). The exact
 model is the edge graph (vertex = road edge, arc = allowed turn, weight = the entered
 edge's time); here its vertices that change nothing are merged, which keeps a query as
-cheap as on the junction graph (DRT: 1,530 vertices and 3,100 arcs become ~840 and ~1,600;
+cheap as on the junction graph (DRT: 1,530 vertices and 3,100 arcs become 830 and 1,507;
 the figures are in the router's docstring):
 
 * at a junction where every turn between its edges is allowed (most: netconvert even
