@@ -9,11 +9,17 @@ the same res-9 cell (the cell is a function of its position), so a per-device
 sliding seq window kept *in the cell* recognises every retry or replay of a
 ping that cell already counted. This is what makes at-least-once delivery count
 each ping once.
+
+:class:`CellSpeedWindow` is a native type (``pipeline._window``, pipeline/_speedwin.c): the
+worker is memory-bound and the Python objects a window was made of were its largest block.
+:class:`ReferenceWindow` is the same window in Python: the reference the tests hold the native
+one equal to (results, bytes, float totals bit for bit), and the raw baseline's aggregate in
+``traverz bench stream``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -104,8 +110,8 @@ def _quantiles(hist: dict[int, int], n: int, qs: tuple[float, ...]) -> list[floa
 
 
 @dataclass(slots=True)
-class CellSpeedWindow:
-    """Event-time speed window of one cell, with the per-device dedupe state."""
+class ReferenceWindow:
+    """Event-time speed window of one cell, with the per-device dedupe state (the reference)."""
 
     buckets: dict[int, dict[int, SectorBucket]] = field(default_factory=dict)
     seen: dict[str, SeqWindow] = field(default_factory=dict)
@@ -139,11 +145,7 @@ class CellSpeedWindow:
         return True
 
     def add(self, device: str, seq: int, ts: float, speed: float, heading: float, now: float) -> bool:
-        """Count one ping; False for a duplicate or a ping whose window is over.
-
-        The reference: the engine counts through :func:`add_pings` (the same steps in C,
-        ``pipeline/_window.c``); the raw baseline of ``traverz bench stream`` runs this one.
-        """
+        """Count one ping; False for a duplicate or a ping whose window is over."""
         if ts <= now - WINDOW_S:
             return False  # already over: it cannot change what drivers are told now
         # a future-stamped ping stays countable until its own window ends: keep its
@@ -271,7 +273,7 @@ class CellSpeedWindow:
         return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> CellSpeedWindow:
+    def from_bytes(cls, raw: bytes) -> ReferenceWindow:
         doc = orjson.loads(raw)
         buckets = {
             int(start): {
@@ -284,9 +286,11 @@ class CellSpeedWindow:
         return cls(buckets=buckets, seen=seen)
 
 
-# the C count makes these objects field by field: it must know every field
-assert [f.name for f in fields(SeqWindow)] == ["hwm", "mask", "last_seen"]
-assert [f.name for f in fields(SectorBucket)] == ["n", "total", "hist", "devices"]
-_window.bind(SeqWindow, SectorBucket, BUCKET_S, WINDOW_S, BIN_PER_MPS, SEQ_WINDOW, geo.SECTOR_WIDTH)
-# ``CellSpeedWindow.add`` for every ping of a list, in C: see pipeline/_window.c
+_window.bind(
+    SeqWindow, SectorBucket, SectorStats, orjson.loads,
+    BUCKET_S, WINDOW_S, BIN_PER_MPS, SEQ_WINDOW, geo.SECTOR_WIDTH, DEVICE_TTL_S, SEEN_SWEEP_S,
+)
+# the window the worker keeps: ReferenceWindow's methods and bytes, in compact native storage
+CellSpeedWindow = _window.CellSpeedWindow
+# ``CellSpeedWindow.add`` for every ping of a record (parked phones skipped), in C
 add_pings = _window.add_pings

@@ -6,7 +6,7 @@ Everything runs against an embedded broker of its own on a free port:
    proxy makes records: grouped per partition, up to ``record_size`` pings per record, the
    record keyed by the res-7 key of one of its pings, every ping's key on that partition.
 2. Raw baseline: aiokafka ``getmany`` + a pure-Python decode (orjson, the per-ping type and
-   range checks, h3-py) + ``CellSpeedWindow.add`` per res-9 cell, in this process — the
+   range checks, h3-py) + ``speed.ReferenceWindow.add`` per res-9 cell, in this process — the
    issue's "bare consume-decode-aggregate loop". The worker's own decode does the checks and
    the H3 call in C (``pipeline._records``); the baseline keeps them in Python, as the loop
    the issue measures against. Each round also runs the baseline with the worker's C parts
@@ -58,7 +58,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from pipeline import geo, kafka_io, kafka_local, pings
 from pipeline.settings import TOPIC_CONDITIONS, TOPIC_PINGS, Settings
 from pipeline.sim.synthetic import CENTRE, ROADS
-from pipeline.speed import CellSpeedWindow, add_pings
+from pipeline.speed import CellSpeedWindow, ReferenceWindow, add_pings
 
 KEY_RES, CELL_RES = 7, 9
 MARKER_EVERY_S = 0.25
@@ -282,8 +282,8 @@ async def raw_baseline(
     """Bare aiokafka getmany + decode + the same per-cell aggregate; pings/s first → last record.
 
     The decode is :func:`decode_python` + h3-py per ping and the aggregate
-    ``CellSpeedWindow.add`` in Python, or with ``native`` the worker's own: ``pings.decode_record``
-    (checks and cell in C) and ``speed.add_pings`` (the window count in C).
+    ``ReferenceWindow.add`` (the window in Python), or with ``native`` the worker's own:
+    ``pings.decode_record`` (checks and cell in C) and ``speed.add_pings`` into native windows.
     """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=1 << 21
@@ -294,7 +294,8 @@ async def raw_baseline(
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, starts.get(tp.partition, 0))
-        cells: dict[str, CellSpeedWindow] = {}
+        cells: dict[str, CellSpeedWindow] = {}  # the worker's native windows
+        py_cells: dict[str, ReferenceWindow] = {}  # the same in Python: the pure-Python raw baseline
         touched: set[str] = set()  # the worker's bookkeeping of changed cells, kept as it keeps it
         wake: set[str] = set()
         pending = {tp for tp in tps if ends[tp.partition] > starts.get(tp.partition, 0)}
@@ -316,16 +317,16 @@ async def raw_baseline(
                     batch = decode_python(msg.value)
                     for p in batch:
                         key = p["cell"] if native else cell(p["lat"], p["lon"], CELL_RES)
-                        w = cells.get(key)
+                        w = py_cells.get(key)
                         if w is None:
-                            w = cells[key] = CellSpeedWindow()
+                            w = py_cells[key] = ReferenceWindow()
                         counted += w.add(p["device_id"], p["seq"], p["ts"], p["speed_mps"], p["heading_deg"], now)
                     n += len(batch)
                 if msgs and msgs[-1].offset + 1 >= ends[tp.partition]:
                     pending.discard(tp)
         secs, cpu = time.perf_counter() - first, time.process_time() - cpu0
         return {"pings": n, "seconds": round(secs, 3), "pings_per_s": round(n / secs), "counted": counted,
-                "cells": len(cells), "cpu_us_per_ping": round(cpu / n * 1e6, 2)}
+                "cells": len(cells) + len(py_cells), "cpu_us_per_ping": round(cpu / n * 1e6, 2)}
     finally:
         await consumer.stop()
 
