@@ -158,6 +158,7 @@ class Engine:
         self.pacing = Pacing(self.cells, self.baselines, self.active, min_devices)
         self.swept_at = 0.0
         self.stalled: set[str] = set()  # device keys with an open stall: the sweep's per-tick work
+        self.sits: dict[str, str] = {}  # incident id → the cell whose ``active`` lists it (moves leave no ghost)
         self.devices_expired_at = 0.0
         self.spots = Spots()  # stopped devices and who passes them: in memory, rebuilt from live pings
         self.parents: dict[str, str] = {}  # res-9 cell → its key (H3 parent): ~0.5 µs a ping saved
@@ -317,7 +318,9 @@ class Engine:
         for state in (self.areas, self.books):
             for _ in state.adopt(partition):
                 pass
-        self.pacing.urgent.update(cell for cell, _ in self.active.adopt(partition))
+        for cell, listed in self.active.adopt(partition):
+            self.pacing.urgent.add(cell)
+            self.sits.update(dict.fromkeys(listed, cell))
         self.pacing.adopting.append((partition, self.cells.adopt(partition)))
 
     # -- helpers --------------------------------------------------------------
@@ -345,17 +348,26 @@ class Engine:
 
     def _emit(self, ev: IncidentEvent, key7: str, partition: int, out: Output) -> None:
         alert = to_alert(ev)
-        cell = alert["cell"]
+        cell, iid = alert["cell"], alert["id"]
         out.alerts.append((cell.encode(), orjson.dumps(alert)))
+        was = self.sits.pop(iid, None)
+        if was is not None and was != cell:
+            # its position moved into another cell (a report incident's mean does): out of the old
+            # cell's list, or a closure there would stay level 5 with nothing to end it
+            left = self.active.get(was, partition)
+            if left is not None and left.pop(iid, None) is not None:
+                self.active.put(was, left, partition)
+                self.pacing.urgent.add(was)
         if geo.parent(cell, self.key_res) != key7:
             # the incident's cell belongs to another partition, whose worker publishes its
             # condition; two writers of one compacted key would contradict each other
             return
         cur = self.active.get(cell, partition) or {}
         if ev.state == "cleared":
-            cur.pop(alert["id"], None)
+            cur.pop(iid, None)
         else:
-            cur[alert["id"]] = {"type": alert["type"], "expires_at": alert["expires_at"]}
+            cur[iid] = {"type": alert["type"], "expires_at": alert["expires_at"]}
+            self.sits[iid] = cell
         self.active.put(cell, cur, partition)
         self.pacing.urgent.add(cell)  # an incident opened or ended: drivers hear of it at the next tick
 
@@ -455,6 +467,7 @@ class Engine:
                 # stall.expire's rule. No mark needed: a key was marked when it entered the store,
                 # so a stop's stored copy has its tombstone due already (devices.drop adds nothing)
                 self.movers.expire(now)
+            self._prune_sits()
         areas = self.areas
         for key, area in areas.items():
             part = areas.partition_of.get(key, 0)
@@ -504,7 +517,14 @@ class Engine:
             self.movers.forget(kept)
         self.spots.clear()
         self.stalled &= self.devices.values.keys()
+        self._prune_sits()
         self.pacing.forget(kept)
+
+
+    def _prune_sits(self) -> None:
+        """Forget where incidents sit once ``active`` no longer lists them (lapsed, or another worker's)."""
+        listed = self.active.values
+        self.sits = {i: c for i, c in self.sits.items() if i in listed.get(c, ())}
 
 
 def _check_report(rec: dict[str, Any]) -> None:

@@ -654,3 +654,30 @@ def test_an_overloaded_tick_defers_busy_cells_but_never_news(monkeypatch: pytest
     run.tick(0.5)
     run.tick(0.5)
     assert all(run.conditions[c] != before[c] for c in cells)  # the rest followed
+
+
+def test_an_incident_whose_position_moves_into_another_cell_leaves_the_old_one() -> None:
+    # two cells side by side under one res-7 key; a closure reported in the first, then by more
+    # devices in the second: its mean position crosses over and the first must not stay closed
+    here = geo.cell(LAT, LON, 9)
+    step = 0
+    while geo.cell(*geo.destination(LAT, LON, EAST, step), 9) == here:
+        step += 5
+    start, there = geo.destination(LAT, LON, EAST, step - 20.0), geo.destination(LAT, LON, EAST, step + 60.0)
+    assert geo.cell(*there, 9) != here and geo.parent(geo.cell(*there, 9), 7) == geo.parent(here, 7)
+    run = Run()
+    for i in range(2):
+        run.report(_report(run, f"c-{i}", f"u{i}", "closure", *start))
+    (opened,) = run.opened("closure")
+    assert opened["cell"] == here
+    run.tick(0.5)
+    assert run.conditions[here] is not None and run.conditions[here]["level"] == 5
+    for i in range(2, 6):
+        run.now += 1.0
+        run.report(_report(run, f"c-{i}", f"u{i}", "closure", *there))
+    moved = [a for a in run.alerts if a["id"] == opened["id"]][-1]
+    assert moved["state"] == "updated" and moved["cell"] != here
+    run.tick(0.5)
+    assert run.conditions[moved["cell"]] is not None and run.conditions[moved["cell"]]["level"] == 5
+    assert run.conditions.get(here) is None or opened["id"] not in run.conditions[here]["incidents"]
+    assert opened["id"] not in (run.engine.active.values.get(here) or {})
