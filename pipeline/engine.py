@@ -520,7 +520,6 @@ class Engine:
         self._prune_sits()
         self.pacing.forget(kept)
 
-
     def _prune_sits(self) -> None:
         """Forget where incidents sit once ``active`` no longer lists them (lapsed, or another worker's)."""
         listed = self.active.values
