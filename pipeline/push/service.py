@@ -191,6 +191,8 @@ class PushService:
         lon: float,
         dest: tuple[float, float],
         route: list[tuple[float, float]] | None = None,
+        heading_deg: float | None = None,
+        speed_mps: float = 0.0,
     ) -> dict[str, int] | None:
         """Plan the driver's way to ``dest`` (along ``route`` when sent); the cells along what is left of it.
 
@@ -204,7 +206,9 @@ class PushService:
         goal = r.snap(*dest)
         prev = client.plan if isinstance(client.plan, Plan) else None
         driven = route_edges(r, route) if route else ()
-        plan, offer = (None, None) if goal is None else on_subscribe(r, prev, lat, lon, goal, driven)
+        plan, offer = (
+            (None, None) if goal is None else on_subscribe(r, prev, lat, lon, goal, driven, heading_deg, speed_mps)
+        )
         client.plan = plan
         if plan is None:
             return None

@@ -179,7 +179,8 @@ class StreamEndpoint:
                 watch = None
                 if dest is not None:
                     route = [(float(a), float(b)) for a, b in msg.get("route") or ()]
-                    watch = self.svc.plan(client, lat, lon, (float(dest["lat"]), float(dest["lon"])), route)
+                    to = (float(dest["lat"]), float(dest["lon"]))
+                    watch = self.svc.plan(client, lat, lon, to, route, heading, float(msg["speed_mps"]))
                 else:
                     client.plan = None
                 if msg.get("route") and watch is None:

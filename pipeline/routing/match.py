@@ -16,11 +16,14 @@ import itertools
 import math
 from collections.abc import Iterable
 
+from pipeline import geo
 from pipeline.routing.router import Router
 
 JUNCTION_M = 35.0  # a route point this close to a junction is taken to pass through it
 ON_ROUTE_M = 30.0  # a driver this close to an edge of its route is on it (GPS, lane offsets)
 OFF_ROUTE_M = 100.0  # further than this from every edge of it, the driver has left its route
+ALONG_DEG = 45.0  # a driver heading this close to an edge's direction where it passes is driving along it
+ALONG_MIN_MPS = 2.0  # slower than this, a phone's heading is noise: a standing driver is placed by position only
 
 
 def route_edges(router: Router, polyline: Iterable[tuple[float, float]]) -> tuple[int, ...]:
@@ -78,3 +81,26 @@ def locate(router: Router, edges: tuple[int, ...], lat: float, lon: float) -> in
     if near is not None:
         return near[1]
     return best[1] if best is not None and best[0] <= OFF_ROUTE_M else None
+
+
+def along_edge(router: Router, lat: float, lon: float, heading_deg: float, speed_mps: float) -> int | None:
+    """The edge a driver without a route is driving along, judged from its position and heading.
+
+    The nearest edge within :data:`ON_ROUTE_M` whose direction, on the segment passing the
+    driver, is within :data:`ALONG_DEG` of its heading (the other carriageway and the cross
+    street do not match); None when nothing does or the driver is too slow for its heading
+    to mean anything. Planning then starts at the edge's end, reached by it: not at the
+    nearest junction, which may lie behind the driver (a route from there starts by turning
+    round), and under the turn rules from the edge it is on.
+    """
+    if not speed_mps >= ALONG_MIN_MPS:
+        return None
+    best: tuple[float, int] | None = None
+    for e in router.edges_near(lat, lon):
+        for a, b in itertools.pairwise(router.net.edges[e].shape):
+            d = _to_segment_m(lat, lon, a, b)
+            if d > ON_ROUTE_M or (best is not None and d >= best[0]):
+                continue
+            if a != b and geo.angle_diff(geo.bearing_deg(a[0], a[1], b[0], b[1]), heading_deg) <= ALONG_DEG:
+                best = (d, e)
+    return best[1] if best is not None else None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.routing.match import locate
+from pipeline.routing.match import along_edge, locate
 from pipeline.routing.router import Route, Router
 
 MIN_SAVING_S = 120.0
@@ -130,26 +130,43 @@ def driven_plan(router: Router, route: tuple[int, ...], lat: float, lon: float, 
 
 
 def on_subscribe(
-    router: Router, prev: Plan | None, lat: float, lon: float, goal: int, route: tuple[int, ...] = ()
+    router: Router,
+    prev: Plan | None,
+    lat: float,
+    lon: float,
+    goal: int,
+    route: tuple[int, ...] = (),
+    heading_deg: float | None = None,
+    speed_mps: float = 0.0,
 ) -> tuple[Plan | None, Offer | None]:
     """A driver (re)subscribed: its plan now, and an offer if another way is clearly better.
 
     ``route``: the edges of the route the driver sent (() when it sent only a destination:
     it keeps the plan it has while it is on it, else the map's quickest route from here).
+    Without a route, a moving driver's heading places it on the edge it drives along
+    (:func:`~pipeline.routing.match.along_edge`): its plan starts at that edge's end, with a
+    turn allowed from it; a standing one, or one on no edge, starts at the nearest junction.
     """
     plan = driven_plan(router, route, lat, lon, goal) if route else None
     if plan is None:
-        at = router.snap(lat, lon)
+        entry = along_edge(router, lat, lon, heading_deg, speed_mps) if heading_deg is not None else None
+        at = router.net.edges[entry].target if entry is not None else router.snap(lat, lon)
         if at is None:
             return None, None
         if not route and prev is not None and prev.destination == goal and prev.remaining(at) is not None:
             plan = prev
             plan.at = at
         else:
-            path = router.map_path(at, goal)
+            path = router.map_path(at, goal, arrived_by=entry)
+            if at != goal and not path and entry is not None:
+                # its edge's end leads nowhere the turn rules allow (a rim exit): plan from the nearest junction
+                entry, at = None, router.snap(lat, lon)
+                if at is None:
+                    return None, None
+                path = router.map_path(at, goal)
             if at != goal and not path:
                 return None, None
-            plan = Plan.along(router, at, goal, path)
+            plan = Plan.along(router, at, goal, path, entry=entry)
     if prev is not None and prev is not plan and prev.destination == goal:
         plan.offered = prev.offered
     return plan, reconsider(router, plan)

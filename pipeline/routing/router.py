@@ -50,6 +50,7 @@ SAMPLE_M = 25.0  # step when walking an edge's shape to find the cells it crosse
 MAX_SNAP_M = 300.0  # a point further than this from any junction is off the network
 SAME_DIRECTION_DEG = 67.5  # a sector/alert within this of the edge's heading is "its" direction
 MIN_LIVE_MPS = 0.5  # a standing queue is slow, not closed
+GRID_M = 200.0  # the edge index's squares: a look-up within this reads the 3 x 3 around the point
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,9 @@ class Router:
         self._snap_nodes = np.flatnonzero(self._routable).astype(np.int64)
         self._snap_lat = net.node_lat[self._snap_nodes]
         self._snap_lon = net.node_lon[self._snap_nodes]
+        self._grid: dict[tuple[int, int], list[int]] | None = None  # built at the first edges_near
+        # one scale for longitudes, at the network's mean latitude: a city is flat at 200 m squares
+        self._grid_kx = math.cos(math.radians(float(np.mean(net.node_lat)))) * 111_195.0 if len(net.node_lat) else 1.0
 
     # -- live state ---------------------------------------------------------------------
 
@@ -198,6 +202,32 @@ class Router:
         d2 = ((lats - lat) ** 2 + ((lons - lon) * kx) ** 2) * (111_195.0**2)
         j = int(np.argmin(d2))
         return (int(self._snap_nodes[j]) if routable else j), math.sqrt(float(d2[j]))
+
+    def edges_near(self, lat: float, lon: float) -> list[int]:
+        """Edges with a shape segment within :data:`GRID_M` of the point (and some a little further)."""
+        if self._grid is None:
+            self._grid = self._edge_grid()
+        gx, gy = self._grid_xy(lat, lon)
+        grid, out = self._grid, set[int]()
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                out.update(grid.get((gx + dx, gy + dy), ()))
+        return sorted(out)
+
+    def _grid_xy(self, lat: float, lon: float) -> tuple[int, int]:
+        return math.floor(lat * 111_195.0 / GRID_M), math.floor(lon * self._grid_kx / GRID_M)
+
+    def _edge_grid(self) -> dict[tuple[int, int], list[int]]:
+        grid: dict[tuple[int, int], list[int]] = {}
+        for i, e in enumerate(self.net.edges):
+            for a, b in itertools.pairwise(e.shape or ()):
+                (x0, y0), (x1, y1) = self._grid_xy(*a), self._grid_xy(*b)
+                for x in range(min(x0, x1), max(x0, x1) + 1):
+                    for y in range(min(y0, y1), max(y0, y1) + 1):
+                        cell = grid.setdefault((x, y), [])
+                        if not cell or cell[-1] != i:
+                            cell.append(i)
+        return grid
 
     def snap(self, lat: float, lon: float) -> int | None:
         """The nearest routable junction, or None when nothing is within MAX_SNAP_M."""
