@@ -1,0 +1,434 @@
+"""A frozen copy of the conditions tick as it was before its optimisation (ae6d507).
+
+pipeline/conditions.py and pipeline/pacing.py verbatim (Pacing renamed ReferencePacing, the
+``conditions.`` prefix dropped): tests/unit/test_tick_equiv.py holds the live modules to it —
+the same records, bytes, order and pacing state, tick by tick. Do not optimise this file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from pipeline import geo
+from pipeline.cellstate import PartitionedState
+from pipeline.detect import baseline
+from pipeline.speed import WINDOW_S, CellSpeedWindow, SectorBucket, SectorStats
+
+# Cold start: an urban arterial at 50 km/h until the baseline has learned the cell.
+DEFAULT_FREE_FLOW_MPS = 13.9
+MATERIAL_SPEED_CHANGE = 0.15
+HEARTBEAT_S = 60.0
+
+
+def level_for(ratio: float) -> int:
+    if ratio >= 0.9:
+        return 0
+    if ratio >= 0.7:
+        return 1
+    if ratio >= 0.5:
+        return 2
+    if ratio >= 0.3:
+        return 3
+    return 4
+
+
+def jam_factor_for(ratio: float) -> float:
+    return round(min(10.0, max(0.0, 10.0 * (1.0 - ratio))), 1)
+
+
+def sample_bucket(samples: int) -> str:
+    if samples < 10:
+        return "3-9"
+    if samples < 30:
+        return "10-29"
+    if samples < 100:
+        return "30-99"
+    return "100+"
+
+
+Reading = tuple[SectorStats, float, int, float]  # stats, free flow, level, jam factor
+
+
+def readings(
+    stats: Mapping[int, SectorStats], *, min_devices: int, free_flow: Mapping[int, float] | None, closed: bool
+) -> list[Reading]:
+    """The sectors that pass the k threshold, with their free flow, level and jam factor, by sector."""
+    out = []
+    for sec in sorted(stats):
+        s = stats[sec]
+        if s.devices < min_devices:
+            continue
+        ff = (free_flow or {}).get(sec) or DEFAULT_FREE_FLOW_MPS
+        ratio = s.median_mps / ff
+        out.append((s, ff, 5 if closed else level_for(ratio), 10.0 if closed else jam_factor_for(ratio)))
+    return out
+
+
+def build_condition(
+    cell: str,
+    stats: Mapping[int, SectorStats],
+    *,
+    now: float,
+    version: int,
+    min_devices: int,
+    free_flow: Mapping[int, float] | None = None,
+    incidents: Sequence[str] = (),
+    closed: bool = False,
+    sector_readings: list[Reading] | None = None,
+) -> dict[str, Any] | None:
+    """The condition for ``cell``, or None when no sector passes the k threshold."""
+    rs = (
+        readings(stats, min_devices=min_devices, free_flow=free_flow, closed=closed)
+        if sector_readings is None
+        else sector_readings
+    )
+    sectors = [
+        {
+            "sector": s.sector,
+            "heading_deg": geo.sector_heading(s.sector),
+            "mean_mps": round(s.mean_mps, 2),
+            "median_mps": round(s.median_mps, 2),
+            "p85_mps": round(s.p85_mps, 2),
+            "samples": s.samples,
+            "devices": s.devices,
+            "free_flow_mps": round(ff, 2),
+            "level": level,
+            "jam_factor": jam,
+        }
+        for s, ff, level, jam in rs
+    ]
+    if not sectors and not incidents:
+        return None
+    lat, lon = geo.cell_center(cell)
+    total = sum(int(s["samples"]) for s in sectors)
+    return {
+        "cell": cell,
+        "version": version,
+        "updated_at": now,
+        "lat": lat,
+        "lon": lon,
+        "level": max((s["level"] for s in sectors), default=5 if closed else 0),
+        "jam_factor": max((s["jam_factor"] for s in sectors), default=10.0 if closed else 0.0),
+        "sectors": sectors,
+        "incidents": list(incidents),
+        "sample_bucket": sample_bucket(max(total, 3)),
+        "window_s": WINDOW_S,
+    }
+
+
+def unchanged(prev: Mapping[str, Any], rs: list[Reading], incidents: Sequence[str], now: float) -> bool:
+    """True when a condition built from ``rs`` would not be material against ``prev``.
+
+    The same rules as :func:`is_material`, read off the sector readings, so a cell
+    whose news is not material costs no message build (most re-evaluations).
+    """
+    if not rs or list(incidents) != prev["incidents"] or now - float(prev["updated_at"]) >= HEARTBEAT_S:
+        return False
+    old = prev["sectors"]
+    if len(old) != len(rs) or max(level for _, _, level, _ in rs) != prev["level"]:
+        return False
+    for (s, _, level, _), o in zip(rs, old, strict=True):  # both sorted by sector
+        if o["sector"] != s.sector or o["level"] != level:
+            return False
+        base = max(float(o["median_mps"]), 0.5)
+        if abs(round(s.median_mps, 2) - base) / base > MATERIAL_SPEED_CHANGE:
+            return False
+    return True
+
+
+def is_material(prev: Mapping[str, Any] | None, new: Mapping[str, Any], now: float) -> bool:
+    """Publish on a level or incident change, a >15 % speed move, or a heartbeat."""
+    if prev is None:
+        return True
+    if prev["level"] != new["level"] or prev["incidents"] != new["incidents"]:
+        return True
+    if now - float(prev["updated_at"]) >= HEARTBEAT_S:
+        return True
+    before = {s["sector"]: s for s in prev["sectors"]}
+    for s in new["sectors"]:
+        old = before.get(s["sector"])
+        if old is None or old["level"] != s["level"]:
+            return True
+        base = max(float(old["median_mps"]), 0.5)
+        if abs(float(s["median_mps"]) - base) / base > MATERIAL_SPEED_CHANGE:
+            return True
+    return len(before) != len(new["sectors"])
+
+
+def next_version(prev: int, now: float) -> int:
+    """Versions are publication epoch-milliseconds, strictly increasing per cell."""
+    return max(prev + 1, int(now * 1000))
+
+
+Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
+
+# Every cell re-evaluated this often (issue: ≤ 30 s). Each costs ~0.1–0.3 ms (its expiry and a reading):
+# at 10 s, rescans were a fifth of the worker's time at 20,000 pings/s; a busy cell's material
+# changes are seen sooner anyway (REEVALUATE_S).
+RESCAN_S = 25.0  # 5 s to spare under the issue's 30 s for a tick that runs late
+REEVALUATE_S = 1.0  # a published cell's changes are seen within this (+ a tick)
+# ... once at least this share of its window is new since it was last evaluated. Fewer new
+# samples cannot move a quantile by more than that share of ranks, so they rarely make a
+# material change (15 % of speed); the rescan still evaluates every cell within RESCAN_S.
+REEVALUATE_SHARE = 0.1
+RESCAN_SLICES = 100  # slots of a rescan period: one per tick (RESCAN_S / 0.25 s)
+SPARSE_RESCAN_S = 60.0  # expiry of cells that can publish nothing (memory, baseline learning)
+# per tick (every 0.25 s, topologies/app.py), i.e. at most a tenth of the worker's time each:
+TICK_BUDGET_S = 0.025  # re-evaluating published cells: the rest waits (news does not)
+ADOPT_BUDGET_S = 0.025  # reading a (re)assigned partition's stored windows
+
+
+class ReferencePacing:
+    """The conditions side of the engine: which cells to evaluate when, and what was published."""
+
+    def __init__(
+        self,
+        cells: PartitionedState[CellSpeedWindow],
+        baselines: PartitionedState[baseline.CellBaseline],
+        active: PartitionedState[dict[str, dict[str, Any]]],
+        min_devices: int,
+    ) -> None:
+        self.cells, self.baselines, self.active = cells, baselines, active
+        self.min_devices = min_devices
+        self.published: dict[str, dict[str, Any]] = {}
+        self.pending: set[str] = set()  # touched since the last tick
+        self.urgent: set[str] = set()  # an incident opened or ended there: evaluated at the next tick
+        self.evaluated_at: dict[str, float] = {}
+        self.evaluated_n: dict[str, tuple[int, int]] = {}  # cell → (window.added, samples) when evaluated
+        self.known: dict[str, int] = {}  # unpublished cell → devices it had seen when last evaluated
+        # the rolling rescan (_rescan_due)
+        self.slots: list[list[str]] = []  # this period's cells to rescan, by slot
+        self.slot_at: int | None = None  # the last slot rescanned (a count of RESCAN_S/RESCAN_SLICES since epoch)
+        self.sparse_at = 0.0
+        # stored windows of (re)assigned partitions still to read, and cells that may have a
+        # condition on the compacted topic from before (published is in memory only)
+        self.adopting: list[tuple[int, Iterator[tuple[str, CellSpeedWindow]]]] = []
+        self.maybe_published: set[str] = set()
+
+    def due(self, now: float, out: list[Record]) -> None:
+        """The tick: evaluate the cells that are due (see the module docstring); conditions into ``out``."""
+        if self.adopting:
+            self.adopt_windows(now)
+        due, busy = self._triage(self.pending, now)
+        due |= self.urgent
+        self.urgent = set()
+        evaluated, windows = self.evaluated_at, self.cells.values
+        for cell in self._rescan_due(now):
+            w = windows.get(cell)
+            if cell in due or w is None or now - evaluated.get(cell, 0.0) >= RESCAN_S / 2:
+                due.discard(cell)
+                self._evaluate(cell, now, out, True)
+            elif self._expire(cell, w, now):
+                # a busy cell, read since the last rescan: only its expiry, and a reading if buckets closed
+                self._evaluate(cell, now, out, False)
+        for cell in due:
+            self._evaluate(cell, now, out, False)
+        deadline = time.perf_counter() + TICK_BUDGET_S
+        for i, cell in enumerate(busy):
+            self._evaluate(cell, now, out, False)
+            if i % 16 == 15 and time.perf_counter() > deadline:
+                self.pending.update(busy[i + 1 :])  # overloaded: the rest at the next tick
+                break
+
+    def _rescan_due(self, now: float) -> list[str]:
+        """The rolling rescan's share of this tick: the cells whose slot came since the last tick.
+
+        A period of :data:`RESCAN_S` has :data:`RESCAN_SLICES` slots; a cell's slot is
+        fixed (by its hash), so it is rescanned every RESCAN_S, and each tick rescans
+        the slots whose time came — all at once stopped the loop for ~0.5 s. The cells
+        are listed anew each period (one that came since waits for the next); a tick
+        after a whole period without one (a stopped loop, a test's clock) rescans
+        everything.
+        """
+        slot = int(now // (RESCAN_S / RESCAN_SLICES))
+        if self.slot_at is None or slot - self.slot_at >= RESCAN_SLICES:
+            self.slot_at, self.slots = slot, []
+            return list(self._rescan_set(now))
+        cells: list[str] = []
+        for s in range(self.slot_at + 1, slot + 1):
+            i = s % RESCAN_SLICES
+            if i == 0 or not self.slots:
+                self.slots = [[] for _ in range(RESCAN_SLICES)]
+                for cell in self._rescan_set(now):
+                    self.slots[hash(cell) % RESCAN_SLICES].append(cell)
+            cells += self.slots[i]
+        self.slot_at = slot
+        return cells
+
+    def _rescan_set(self, now: float) -> set[str]:
+        return self.published.keys() | self.active.values.keys() | self._rescan_cells(now)
+
+    def forget(self, kept: Iterable[int]) -> None:
+        """After a rebalance (the states already forgot the lost partitions' keys)."""
+        keep = set(kept)
+        cells = self.cells.values
+        self.adopting = [(p, rows) for p, rows in self.adopting if p in keep]
+        self.maybe_published &= cells.keys()
+        self.known = {c: n for c, n in self.known.items() if c in cells}
+        self.published = {c: v for c, v in self.published.items() if c in cells}
+
+    def adopt_windows(self, now: float) -> None:
+        """Read stored windows of (re)assigned partitions for :data:`ADOPT_BUDGET_S` (see Engine.adopt)."""
+        deadline = time.perf_counter() + ADOPT_BUDGET_S
+        while self.adopting:
+            _, rows = self.adopting[0]
+            for n, (cell, window) in enumerate(rows):
+                if len(window.seen) >= self.min_devices:
+                    self.maybe_published.add(cell)  # evaluated at this tick: republished or tombstoned
+                    self.pending.add(cell)
+                self._expire(cell, window, now)  # an emptied window is deleted at the next write-back
+                if n % 64 == 63 and time.perf_counter() > deadline:
+                    return
+            self.adopting.pop(0)
+
+    def _triage(self, due: set[str], now: float) -> tuple[set[str], list[str]]:
+        """Touched cells → (news, evaluated at once; published cells due, within the tick's budget).
+
+        A busy city touches thousands of cells a second. A cell not yet published
+        is news when a device new to it came (it may now reach k in a sector);
+        the same devices again cannot publish it, so it waits for the rescan. A
+        published cell is re-evaluated at most every REEVALUATE_S, and only when
+        enough is new to matter; the rest stays pending.
+        """
+        published, evaluated, counts, known = self.published, self.evaluated_at, self.evaluated_n, self.known
+        windows = self.cells.values
+        news: set[str] = set()
+        later: set[str] = set()
+        busy: list[str] = []
+        for c in due:
+            w = windows.get(c)
+            if c not in published:
+                if w is None or known.get(c) != len(w.seen):
+                    news.add(c)
+                continue
+            if now - evaluated.get(c, 0.0) < REEVALUATE_S:
+                later.add(c)
+                continue
+            n = counts.get(c)
+            if w is not None and n is not None and 0 <= w.added - n[0] < REEVALUATE_SHARE * n[1]:
+                continue  # too little new to matter: left to the rescan
+            busy.append(c)
+        self.pending = later
+        return news, busy
+
+    def _evaluate(self, cell: str, now: float, out: list[Record], rescan: bool) -> None:
+        self.evaluated_at[cell] = now
+        self._condition(cell, now, out, expire=rescan)
+        w = self.cells.values.get(cell)
+        if cell in self.published:
+            self.known.pop(cell, None)
+            n = self.evaluated_n.get(cell)
+            if w is not None:
+                # the engine puts the cell in ``pending`` again only once enough is new for _triage
+                # to pick it: most touched cells are published and busy, and triaging them at every
+                # tick cost a tenth of the worker at 30,000 pings/s
+                w.wake_at = n[0] + math.ceil(REEVALUATE_SHARE * n[1]) if n is not None else 0
+        elif w is not None:
+            w.wake_at = 0  # any new device may publish it
+            self.known[cell] = len(w.seen)  # the devices that did not make it publish
+        else:
+            self.known.pop(cell, None)
+
+    def _rescan_cells(self, now: float) -> set[str]:
+        """The cells a rescan evaluates: those with k devices seen; sparse ones only expire."""
+        k, dense = self.min_devices, set()
+        sparse = now - self.sparse_at >= SPARSE_RESCAN_S
+        if sparse:
+            self.sparse_at = now
+        for cell, window in self.cells.values.items():  # no copy: expiring only marks (1M cells: 50 ms)
+            if len(window.seen) >= k:
+                dense.add(cell)
+            elif sparse:
+                self._expire(cell, window, now)
+        if sparse:  # a baseline waits in its table while its cell is quiet (clean ones only)
+            for cell in [c for c in self.known if c not in self.cells.values]:
+                del self.known[cell]
+            for cell in [c for c in self.baselines.values if c not in self.cells.values]:
+                self.baselines.evict(cell)
+        return dense
+
+    def _expire(self, cell: str, window: CellSpeedWindow, now: float) -> bool:
+        """Drop what left the window; True if buckets closed (what drivers are told may change)."""
+        known = len(window.seen)
+        closed = window.expire(now)
+        if closed or len(window.seen) != known:
+            self.cells.mark(cell)  # only what changed: a rescan must not rewrite every cell's changelog
+        if closed:
+            self._learn(cell, closed)
+        return bool(closed)
+
+    def _condition(self, cell: str, now: float, out: list[Record], *, expire: bool = True) -> None:
+        window = self.cells.values.get(cell)
+        open_ = self.active.values.get(cell) or {}
+        if (
+            not open_
+            and cell not in self.published
+            and cell not in self.maybe_published
+            and (window is None or not window.could_reach(self.min_devices))
+        ):
+            # no sector can have k devices (a cell filling up one device at a time is evaluated
+            # at each new one) and nothing open: nothing to publish, nothing to read
+            self.evaluated_at.pop(cell, None)
+            self.evaluated_n.pop(cell, None)
+            if window is None:
+                self.baselines.evict(cell)
+            return
+        if window is not None and expire:  # O(devices seen): on rescans only
+            self._expire(cell, window, now)
+        lapsed = [i for i, a in open_.items() if a["expires_at"] is not None and a["expires_at"] <= now]
+        for i in lapsed:
+            del open_[i]
+        if lapsed:
+            self.active.mark(cell)
+        prev = self.published.get(cell)
+        stats = window.stats(now) if window is not None else {}
+        if window is not None:
+            self.evaluated_n[cell] = (window.added, sum(s.samples for s in stats.values()))
+        shut = any(a["type"] == "closure" for a in open_.values())  # a closure: level 5
+        free_flow = baseline.free_flow_by_sector(self.baselines.values.get(cell), now)
+        rs = readings(stats, min_devices=self.min_devices, free_flow=free_flow, closed=shut)
+        incidents = sorted(open_)
+        if prev is not None and unchanged(prev, rs, incidents, now):
+            return  # not material: nothing to build
+        cond = build_condition(
+            cell,
+            stats,
+            now=now,
+            version=next_version(prev["version"] if prev else 0, now),
+            min_devices=self.min_devices,
+            incidents=incidents,
+            closed=shut,
+            sector_readings=rs,
+        )
+        maybe = cell in self.maybe_published
+        if maybe:
+            self.maybe_published.discard(cell)
+        if cond is None:
+            if prev is not None or maybe:
+                out.append((cell.encode(), None))  # a tombstone: gone from the compacted topic
+                self.published.pop(cell, None)
+            self.evaluated_at.pop(cell, None)
+            self.evaluated_n.pop(cell, None)
+            if window is None or window.is_empty():
+                self.baselines.evict(cell)  # quiet cell: its baseline waits in the table
+            return
+        if is_material(prev, cond, now):
+            out.append((cell.encode(), orjson.dumps(cond)))
+            self.published[cell] = cond
+
+    def _learn(self, cell: str, closed: list[tuple[int, dict[int, SectorBucket]]]) -> None:
+        """Fold speed-window buckets that just closed into the cell's free-flow baseline."""
+        part = self.cells.partition_of.get(cell)
+        if part is None:
+            return
+        b = self.baselines.values.get(cell) or self.baselines.get(cell, part)
+        for start, sectors in closed:
+            for sec, bucket in sectors.items():
+                b = baseline.fold(b, sec, bucket.hist, float(start))
+        if b is not None:
+            self.baselines.put(cell, b, part)
