@@ -485,6 +485,8 @@ static PyMethodDef methods[] = {
      "(SSE4.2 where the CPU has it), or through the software table with soft=True"},
     {"crc32c_calls", crc32c_calls_py, METH_NOARGS,
      "crc32c_calls() -> (sse4.2, table): how many CRCs each path has computed in this process"},
+    {"cell_hinted", cell_hinted_py, METH_VARARGS,
+     "cell_hinted(lat, lon, res, hint) -> int: the res cell, the hint confirmed without H3 when surely inside it"},
     {"cell_stats", cell_stats, METH_NOARGS,
      "cell_stats() -> (pings keyed by the previous ping's cell, pings keyed by H3, cell shapes made)"},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,

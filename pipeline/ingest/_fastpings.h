@@ -40,6 +40,11 @@ FP_HIDDEN int h3skip_init(void);
  * 1 with a Python error set when H3 fails (as latlng_to_cell). */
 FP_HIDDEN uint64_t cell_of(double lat, double lon, int res, LastCell *last);
 
+/* The res cell of (lat, lon), ``hint`` confirmed without H3 when the point is surely inside it
+ * (any hint is safe; 0: none). 1 with a Python error set when H3 fails. */
+FP_HIDDEN uint64_t cell_hinted(double lat, double lon, int res, uint64_t hint);
+FP_HIDDEN PyObject *cell_hinted_py(PyObject *self, PyObject *args);
+
 /* cell_stats() -> (pings keyed by the previous ping's cell, pings keyed by H3, cell shapes made) */
 FP_HIDDEN PyObject *cell_stats(PyObject *self, PyObject *args);
 

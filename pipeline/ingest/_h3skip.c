@@ -190,6 +190,41 @@ uint64_t cell_of(double lat, double lon, int res, LastCell *last) {
     return cell;
 }
 
+/* The res cell of (lat, lon) given a hint, a cell it is likely in (the stream side passes the
+ * device's previous ping's cell): the hint when its shape is known and the point surely inside
+ * it, else H3's. Any hint is safe, a stale or foreign one included: it is only ever confirmed,
+ * never assumed. As in cell_of, a cell's shape is made the second time H3 confirms it as a hint. */
+uint64_t cell_hinted(double lat, double lon, int res, uint64_t hint) {
+    if (hint != 0 && cell_slots != NULL && (int)((hint >> 52) & 0xF) == res) {
+        CellSlot *slot = cell_find(hint);
+        if (slot != NULL && slot->usable) {
+            double p[3];
+            unit_vector(lat, lon, p);
+            if (in_shape(&slot->shape, p)) {
+                cells_skipped++;
+                return hint;
+            }
+            cells_h3++;
+            return latlng_to_cell(lat, lon, res, 0); /* no shape to make: the hint's is known */
+        }
+    }
+    LastCell last;
+    last.cell = hint;
+    last.usable = 0; /* its shape is not read */
+    return cell_of(lat, lon, res, &last);
+}
+
+/* cell_hinted(lat, lon, res, hint) -> int: for the unit tests (the stream side calls it from C) */
+PyObject *cell_hinted_py(PyObject *Py_UNUSED(self), PyObject *args) {
+    double lat, lon;
+    int res;
+    unsigned long long hint;
+    if (!PyArg_ParseTuple(args, "ddiK", &lat, &lon, &res, &hint)) return NULL;
+    uint64_t cell = cell_hinted(lat, lon, res, (uint64_t)hint);
+    if (cell == 1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromUnsignedLongLong((unsigned long long)cell);
+}
+
 PyObject *cell_stats(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
     return Py_BuildValue("(KKK)", cells_skipped, cells_h3, shapes_made);
 }

@@ -413,3 +413,59 @@ def test_pentagons_and_cells_on_two_faces_are_always_keyed_by_h3() -> None:
         assert _cells_of(points, 9) == [cell] * 5
         skipped, h3_calls, _ = (a - b for a, b in zip(_fastpings.cell_stats(), before, strict=True))
         assert (skipped, h3_calls) == (0, 5)
+
+
+def test_hinted_cells_are_h3s_whatever_the_hint() -> None:
+    """cell_hinted (the stream side's decode: the hint is the device's previous cell) only ever confirms a hint."""
+    rng = random.Random(5)
+    before = _fastpings.cell_stats()
+    total = 0
+    for i in range(300):
+        res = (9, 9, 9, 7, 12, 5)[i % 6]
+        edge_m = h3int.average_hexagon_edge_length(res, "m")
+        anchor = rng.choice((_PENTAGONS, _FACE_EDGES))[rng.randrange(12)] if i % 3 else (
+            math.degrees(math.asin(rng.uniform(-1, 1))), rng.uniform(-180, 180))
+        start = geo.destination(*anchor, rng.uniform(0, 360), rng.uniform(0, 4 * edge_m))
+        hint = 0
+        for lat, lon in _walk(rng, *start, 200, rng.choice((0.1, 0.35, 1.0)) * edge_m):
+            truth = h3int.latlng_to_cell(lat, lon, res)
+            # the previous cell (the usual hint), a neighbour, another resolution's cell, a far cell, none
+            for h in (hint, h3int.grid_disk(hint, 1)[-1] if hint else 0, h3int.latlng_to_cell(lat, lon, 8), 0,
+                      h3int.latlng_to_cell(-lat, lon, res)):
+                assert _fastpings.cell_hinted(lat, lon, res, h) == truth
+                total += 1
+            hint = truth
+    skipped, h3_calls, _ = (a - b for a, b in zip(_fastpings.cell_stats(), before, strict=True))
+    assert skipped + h3_calls == total
+    # a phone's pings ~60 m apart in Berlin, each hinted with the cell of the one before: most skip H3
+    before = _fastpings.cell_stats()
+    hint = 0
+    for lat, lon in _walk(rng, 52.52, 13.405, 2000, 120.0):
+        hint = _fastpings.cell_hinted(lat, lon, 9, hint)
+        assert hint == h3int.latlng_to_cell(lat, lon, 9)
+    skipped, h3_calls, _ = (a - b for a, b in zip(_fastpings.cell_stats(), before, strict=True))
+    assert skipped > 0.5 * (skipped + h3_calls)
+
+
+def test_probes_a_hair_inside_or_outside_a_hinted_cell_get_h3s_cell() -> None:
+    rng = random.Random(3)
+    for anchor in [(rng.uniform(-80, 80), rng.uniform(-180, 180)) for _ in range(10)] + _FACE_EDGES[:10]:
+        for cell in h3int.grid_disk(h3int.latlng_to_cell(*anchor, 9), 1):
+            centre = h3int.cell_to_latlng(cell)
+            for _ in range(2):  # the second time H3 confirms the hint, its shape is made
+                assert _fastpings.cell_hinted(*centre, 9, cell) == cell
+            corners = [_unit(*v) for v in h3int.cell_to_boundary(cell)]
+            inner = _unit(*centre)
+            for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+                side = math.acos(min(1.0, sum(p * q for p, q in zip(a, b, strict=True))))
+                for t in (0.001, 0.5, 0.999):
+                    on_edge = _unit(*_toward(a, b, t * side))
+                    for rad in (1.6e-10, 1.9e-7, 2.1e-7, 1e-6, -1.6e-10, -2.1e-7, -1e-6):
+                        lat, lon = _toward(on_edge, inner, rad)
+                        assert _fastpings.cell_hinted(lat, lon, 9, cell) == h3int.latlng_to_cell(lat, lon, 9)
+    pentagon = h3int.get_pentagons(9)[3]
+    before = _fastpings.cell_stats()
+    for _ in range(5):
+        assert _fastpings.cell_hinted(*h3int.cell_to_latlng(pentagon), 9, pentagon) == pentagon
+    skipped, h3_calls, _ = (a - b for a, b in zip(_fastpings.cell_stats(), before, strict=True))
+    assert (skipped, h3_calls) == (0, 5)
