@@ -17,6 +17,13 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* shared with pipeline/_pingbatch.c, the other file of this module */
+#define HIDDEN __attribute__((visibility("hidden")))
+HIDDEN PyObject *records_cell_str(uint64_t h);
+HIDDEN PyObject *records_device(PyObject *dev);
+HIDDEN uint64_t records_cell_of(double lat, double lon, int res);
+HIDDEN int pingbatch_add(PyObject *module);
+
 static PyObject *cell_cache = NULL; /* int H3 index -> str */
 static PyObject *device_cache = NULL; /* device id -> the one str object for it */
 static PyObject *k_device_id, *k_seq, *k_ts, *k_lat, *k_lon, *k_speed, *k_heading, *k_cell;
@@ -46,7 +53,8 @@ static int number(PyObject *v, double *out) {
     return 0;
 }
 
-static PyObject *cell_str(uint64_t h) {
+/* The interned str of cell h (a new reference). */
+PyObject *records_cell_str(uint64_t h) {
     PyObject *key = PyLong_FromUnsignedLongLong(h);
     if (key == NULL) return NULL;
     PyObject *hit = PyDict_GetItemWithError(cell_cache, key);
@@ -75,6 +83,19 @@ static PyObject *cell_str(uint64_t h) {
     Py_DECREF(key);
     return s;
 }
+
+/* The one str object for device id ``dev`` (an exact str; a new reference): every dict and set
+ * the engine keeps per device then finds it by identity, without comparing the strings (cold
+ * memory), as for cells. */
+PyObject *records_device(PyObject *dev) {
+    if (PyDict_GET_SIZE(device_cache) >= CACHE_MAX) PyDict_Clear(device_cache);
+    PyObject *canon = PyDict_SetDefault(device_cache, dev, dev);
+    Py_XINCREF(canon);
+    return canon;
+}
+
+/* H3 of (lat, lon) in degrees at res; 1 with a Python error set on failure. */
+uint64_t records_cell_of(double lat, double lon, int res) { return latlng_to_cell(lat, lon, res, 0); }
 
 /* check_pings(pings, cell_res, error) -> None: each ping checked and given "cell";
  * raises ``error(reason)`` at the first bad ping (pings before it already carry "cell"). */
@@ -106,15 +127,14 @@ static PyObject *check_pings(PyObject *self, PyObject *args) {
         if (!(-90.0 <= la && la <= 90.0 && -180.0 <= lo && lo <= 180.0 && 0.0 <= sp && sp <= MAX_SPEED &&
               0.0 <= hd && hd <= 360.0))
             goto bad;
-        /* one object per device id, as for cells: every dict and set the engine keeps per
-         * device then finds it by identity, without comparing the strings (cold memory) */
-        if (PyDict_GET_SIZE(device_cache) >= CACHE_MAX) PyDict_Clear(device_cache);
-        PyObject *canon = PyDict_SetDefault(device_cache, dev, dev);
+        PyObject *canon = records_device(dev);
         if (canon == NULL) return NULL;
-        if (canon != dev && PyDict_SetItem(p, k_device_id, canon) < 0) return NULL;
+        int same = canon == dev;
+        Py_DECREF(canon); /* the cache holds it */
+        if (!same && PyDict_SetItem(p, k_device_id, canon) < 0) return NULL;
         uint64_t h = latlng_to_cell(la, lo, res, 0);
         if (h == 1 && PyErr_Occurred()) return NULL;
-        PyObject *c = cell_str(h);
+        PyObject *c = records_cell_str(h);
         if (c == NULL) return NULL;
         int rc = PyDict_SetItem(p, k_cell, c);
         Py_DECREF(c);
@@ -149,5 +169,11 @@ PyMODINIT_FUNC PyInit__records(void) {
     KEY(k_heading, "heading_deg");
     KEY(k_cell, "cell");
 #undef KEY
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (pingbatch_add(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from pipeline import geo
-from pipeline._records import check_pings
+from pipeline._records import PingBatch, check_pings, parse_batch
 
 MAX_BATCH = 500
 MAX_SPEED_MPS = 90.0
@@ -190,6 +190,21 @@ def decode_record(raw: bytes | None, cell_res: int = 9) -> tuple[str, float, lis
     # position would make H3 raise inside the agent — then the cell
     check_pings(pings, cell_res, RecordError)
     return str(doc.get("cell", "")), float(ingest_ts), pings
+
+
+def decode_batch(raw: bytes | None, cell_res: int = 9) -> tuple[str, float, PingBatch | list[Ping]]:
+    """:func:`decode_record`, with the pings as a :class:`PingBatch` when the record is our ingest's JSON.
+
+    ``pipeline._records.parse_batch`` reads the bytes straight into C structs (no dict, no float
+    object a ping), and the engine's C parts read those; ``batch[i]`` is the dict
+    :func:`decode_record` would give, made when asked for. Anything the fast path does not take
+    whole — an error included — is :func:`decode_record`'s, which names the error.
+    """
+    if raw is not None:
+        got = parse_batch(raw, cell_res)
+        if got is not None:
+            return got
+    return decode_record(raw, cell_res)
 
 
 def with_cells(pings: list[Ping], cell_res: int = 9) -> list[Ping]:

@@ -1,0 +1,589 @@
+/* pipeline._records.PingBatch: a ping record read straight into C structs (the layout: _pingbatch.h).
+ *
+ * ``pings.decode_record`` builds a dict and seven float objects per ping (orjson), checks them
+ * and adds the cell (``check_pings``); the engine's C parts (``_window.add_pings``,
+ * ``_movers.Store.glide``) then read the values back out of the dicts, and the dicts are freed.
+ * That is ~2.5 µs a ping of the worker's ~8.5. ``parse_batch`` reads the record's bytes once
+ * into an array of ``PBPing`` (numbers as doubles, whether each was an integer literal, the
+ * state as a code, the device id and the res cell as the same interned str objects
+ * ``check_pings`` gives), and the C consumers read the structs. A ping becomes a dict only
+ * when Python asks for it (``batch[i]``, cached: ``batch[i] is batch[i]``): the few pings the
+ * engine's Python loop handles.
+ *
+ * The fast path only ever *accepts*, and only the restricted JSON our ingest writes
+ * (``pipeline.ingest.wire.encode_record``: fragments from ``_fastpings``, or orjson's
+ * ``pings.encode_record``): ``{"v":1,"cell":"…","ingest_ts":<num>,"pings":[{…},…]}`` with the
+ * top keys in any order, each once; a ping's keys ``device_id, seq, ts, lat, lon, speed_mps,
+ * heading_deg, accuracy_m`` and optional ``state`` (one of the three) in any order, each once;
+ * strings ASCII without escapes; JSON whitespace between tokens. Anything else — an escape,
+ * non-ASCII, an unknown or duplicate key, null, a bool, a nested value, a missing field, an
+ * integer literal of 2**53 or more (or a non-integer seq), a number this parser cannot round
+ * exactly, a value ``check_pings`` refuses, trailing bytes — returns None, and
+ * ``pings.decode_batch`` takes the reference path (orjson + ``check_pings``), which names the
+ * error or gives the dicts. So a batch is always what the reference path would give:
+ *
+ * - the dict of ping i has the JSON's keys in the JSON's order, then "cell"; an integer literal
+ *   is a Python int (its double is exact below 2**53, which is why larger ones go the other
+ *   way), any other number the float orjson parses (correctly rounded: Clinger's exact fast
+ *   path, or one long double division proven away from a rounding midpoint, else refused);
+ * - the checks are ``check_pings``' exactly: seq an int, the others numbers, lat, lon, speed
+ *   and heading in range (heading 360 included; ts and accuracy_m unchecked).
+ *
+ * ``sorted_by_ts()`` is Python's ``sorted(batch, key=itemgetter("ts"))``: stable, by the
+ * exact value (ints and floats below 2**53 compare as their doubles).
+ *
+ * A batch holds only str references (and the dicts it made, which hold ints, floats and strs),
+ * so it takes no part in the cyclic GC.
+ */
+#define PINGBATCH_OWNER /* the type is this file's */
+#include "_pingbatch.h"
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#define HIDDEN __attribute__((visibility("hidden")))
+HIDDEN PyObject *records_cell_str(uint64_t h);
+HIDDEN PyObject *records_device(PyObject *dev);
+HIDDEN uint64_t records_cell_of(double lat, double lon, int res);
+HIDDEN int pingbatch_add(PyObject *module);
+
+#define EXACT_MAX (UINT64_C(1) << 53)
+#define MAX_SPEED 90.0
+
+static PyObject *key_names[PB_NKEYS], *k_cell, *state_names[4];
+static PyTypeObject BatchType;
+
+/* -- the parser ------------------------------------------------------------------------------ */
+
+typedef struct {
+    const char *p, *end;
+} Cursor;
+
+static inline void skip_ws(Cursor *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t')) c->p++;
+}
+
+static inline int eat(Cursor *c, char ch) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A string without escapes, control or non-ASCII bytes (the opening quote is next): its inside. */
+static inline int plain_string(Cursor *c, const char **s, Py_ssize_t *n) {
+    if (c->p >= c->end || *c->p != '"') return 0;
+    const char *q = ++c->p;
+    while (q < c->end && *q != '"') {
+        unsigned char b = (unsigned char)*q;
+        if (b < 0x20 || b >= 0x80 || b == '\\') return 0;
+        q++;
+    }
+    if (q >= c->end) return 0;
+    *s = c->p;
+    *n = q - c->p;
+    c->p = q + 1;
+    return 1;
+}
+
+/* Which ping key (-1: none): by its length, then one comparison of known length. */
+static inline int key_of(const char *k, Py_ssize_t n) {
+#define IS(text) (memcmp(k, text, sizeof(text) - 1) == 0)
+    switch (n) {
+    case 2: return IS("ts") ? PB_TS : -1;
+    case 3: return IS("lat") ? PB_LAT : IS("lon") ? PB_LON : IS("seq") ? PB_SEQ : -1;
+    case 5: return IS("state") ? PB_STATE : -1;
+    case 9: return IS("device_id") ? PB_DEVICE : IS("speed_mps") ? PB_SPEED : -1;
+    case 10: return IS("accuracy_m") ? PB_ACC : -1;
+    case 11: return IS("heading_deg") ? PB_HEADING : -1;
+    default: return -1;
+    }
+#undef IS
+}
+
+/* Clinger's fast path needs each double operation rounded once (not through a wider register) */
+#define EXACT_DOUBLE_OPS (FLT_EVAL_METHOD == 0)
+
+static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+#if LDBL_MANT_DIG >= 64
+static const long double LPOW10[] = {1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
+                                     1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
+                                     1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
+#endif
+
+/* m / 10^k correctly rounded, for m < 2^64 and k <= 27 (as pipeline/ingest/_fastpings.c): one
+ * long double division of exact operands is within half its ulp of the true quotient, so unless
+ * it lies within an ulp of a midpoint between two doubles, the true quotient rounds to the same
+ * double. 0 near a midpoint, or where long double has no 64-bit mantissa. */
+static int wide(uint64_t m, int k, double *out) {
+#if LDBL_MANT_DIG >= 64
+    long double q = (long double)m / LPOW10[k];
+    double d = (double)q;
+    if (d == 0.0 || !isfinite(d)) return 0;
+    long double tol = fabsl(q) * LDBL_EPSILON * 2.0L;
+    long double lo = ((long double)d + (long double)nextafter(d, 0.0)) / 2.0L;
+    long double hi = ((long double)d + (long double)nextafter(d, HUGE_VAL)) / 2.0L;
+    if (fabsl(q - lo) <= tol || fabsl(q - hi) <= tol) return 0;
+    *out = d;
+    return 1;
+#else
+    (void)m, (void)k, (void)out;
+    return 0;
+#endif
+}
+
+/* A JSON number at the cursor, exactly as orjson reads it: 1 with its double (*integer: it was an
+ * integer literal, whose value *iv is below 2**53 in magnitude, the double exact and -0 read as
+ * 0); 0 when it is not a JSON number or this parser cannot give orjson's value for sure. */
+static int number(Cursor *c, double *value, int *integer, int64_t *iv) {
+    const char *q = c->p, *e = c->end;
+    int neg = 0, sig = 0, dropped = 0;
+    long exp10 = 0;
+    uint64_t m = 0;
+    if (q < e && *q == '-') {
+        neg = 1;
+        q++;
+    }
+    if (q >= e) return 0;
+    if (*q == '0') {
+        q++;
+    } else if (*q >= '1' && *q <= '9') {
+        for (; q < e && *q >= '0' && *q <= '9'; q++) {
+            if (sig < 19) {
+                m = m * 10 + (uint64_t)(*q - '0');
+                sig++;
+            } else {
+                exp10++;
+                dropped = 1;
+            }
+        }
+    } else {
+        return 0;
+    }
+    *integer = 1;
+    if (q < e && *q == '.') {
+        *integer = 0;
+        q++;
+        if (q >= e || *q < '0' || *q > '9') return 0;
+        for (; q < e && *q >= '0' && *q <= '9'; q++) {
+            if (sig < 19) {
+                m = m * 10 + (uint64_t)(*q - '0');
+                exp10--;
+                if (m) sig++; /* a fraction's leading zeros are not significant */
+            } else {
+                dropped = 1;
+            }
+        }
+    }
+    if (q < e && (*q == 'e' || *q == 'E')) {
+        *integer = 0;
+        q++;
+        int eneg = 0;
+        long ev = 0;
+        if (q < e && (*q == '+' || *q == '-')) eneg = *q++ == '-';
+        if (q >= e || *q < '0' || *q > '9') return 0;
+        for (; q < e && *q >= '0' && *q <= '9'; q++)
+            if (ev < 100000) ev = ev * 10 + (*q - '0');
+        exp10 += eneg ? -ev : ev;
+    }
+    if (*integer) {
+        if (dropped || m >= EXACT_MAX) return 0; /* a Python int the structs cannot hold exactly */
+        *iv = neg ? -(int64_t)m : (int64_t)m;
+        *value = (double)*iv; /* "-0" is the int 0: +0.0, as float(0) */
+    } else if (EXACT_DOUBLE_OPS && !dropped && m <= EXACT_MAX && exp10 >= -22 && exp10 <= 22) {
+        double d = (double)m;
+        d = exp10 < 0 ? d / POW10[-exp10] : d * POW10[exp10];
+        *value = neg ? -d : d;
+    } else if (!dropped && exp10 >= -27 && exp10 <= 0 && wide(m, (int)-exp10, value)) {
+        if (neg) *value = -*value; /* 16 to 19 digits: a double's shortest repr */
+    } else {
+        return 0;
+    }
+    c->p = q;
+    return 1;
+}
+
+typedef struct {
+    const char *dev; /* the device id's text in the record */
+    Py_ssize_t dev_n;
+} DevText;
+
+static const char *const STATE_TEXT[] = {NULL, "driving", "stopped", "parked"};
+
+/* One ping object (the cursor before its '{') into *out: 1 taken (numbers and checks only; its
+ * strs come later), 0 not (the reference path decides). */
+static int ping(Cursor *c, PBPing *out, DevText *dt) {
+    if (!eat(c, '{')) return 0;
+    unsigned seen = 0, ints = 0, nkeys = 0;
+    uint64_t order = 0;
+    double v[PB_NKEYS];
+    out->state = PB_NO_STATE;
+    for (;;) {
+        const char *k;
+        Py_ssize_t kn;
+        skip_ws(c);
+        if (!plain_string(c, &k, &kn) || !eat(c, ':')) return 0;
+        int f = key_of(k, kn);
+        if (f < 0 || (seen & (1u << f))) return 0; /* unknown or duplicate key */
+        seen |= 1u << f;
+        order |= (uint64_t)f << (4 * nkeys++);
+        skip_ws(c);
+        if (f == PB_DEVICE) {
+            if (!plain_string(c, &dt->dev, &dt->dev_n)) return 0;
+        } else if (f == PB_STATE) {
+            const char *s;
+            Py_ssize_t sn;
+            if (!plain_string(c, &s, &sn)) return 0; /* null: the dict keeps None, the reference path */
+            for (int i = PB_DRIVING; i <= PB_PARKED; i++)
+                if ((size_t)sn == strlen(STATE_TEXT[i]) && memcmp(s, STATE_TEXT[i], (size_t)sn) == 0)
+                    out->state = (uint8_t)i;
+            if (out->state == PB_NO_STATE) return 0;
+        } else {
+            int integer;
+            int64_t iv;
+            if (!number(c, &v[f], &integer, &iv)) return 0;
+            if (f == PB_SEQ) {
+                if (!integer) return 0; /* check_pings: seq must be an int */
+                out->seq = iv;
+            }
+            if (integer) ints |= 1u << f;
+        }
+        if (eat(c, ',')) continue;
+        if (eat(c, '}')) break;
+        return 0;
+    }
+    const unsigned need = (1u << PB_STATE) - 1; /* every key but state */
+    if ((seen & need) != need) return 0;
+    /* check_pings' ranges: ts and accuracy_m are not checked there */
+    if (!(-90.0 <= v[PB_LAT] && v[PB_LAT] <= 90.0 && -180.0 <= v[PB_LON] && v[PB_LON] <= 180.0 &&
+          0.0 <= v[PB_SPEED] && v[PB_SPEED] <= MAX_SPEED && 0.0 <= v[PB_HEADING] && v[PB_HEADING] <= 360.0))
+        return 0;
+    out->ts = v[PB_TS];
+    out->lat = v[PB_LAT];
+    out->lon = v[PB_LON];
+    out->speed = v[PB_SPEED];
+    out->heading = v[PB_HEADING];
+    out->acc = v[PB_ACC];
+    out->ints = (uint16_t)ints;
+    out->order = order;
+    out->nkeys = (uint8_t)nkeys;
+    out->dev = NULL;
+    out->cell = NULL;
+    return 1;
+}
+
+typedef struct {
+    PBPing *p;
+    DevText *dt;
+    Py_ssize_t n, cap;
+} Parsed;
+
+static int grow(Parsed *ps) {
+    Py_ssize_t cap = ps->cap ? ps->cap * 2 : 64;
+    PBPing *p = PyMem_Realloc(ps->p, (size_t)cap * sizeof(PBPing));
+    if (p == NULL) return -1;
+    ps->p = p;
+    DevText *dt = PyMem_Realloc(ps->dt, (size_t)cap * sizeof(DevText));
+    if (dt == NULL) return -1;
+    ps->dt = dt;
+    ps->cap = cap;
+    return 0;
+}
+
+/* The "pings" array (the cursor before its '['): 1 taken, 0 not, -1 out of memory. */
+static int ping_array(Cursor *c, Parsed *ps) {
+    if (!eat(c, '[')) return 0;
+    for (;;) {
+        if (ps->n == ps->cap && grow(ps) < 0) return -1;
+        if (!ping(c, &ps->p[ps->n], &ps->dt[ps->n])) return 0;
+        ps->n++;
+        if (eat(c, ',')) continue;
+        if (eat(c, ']')) return 1;
+        return 0;
+    }
+}
+
+enum { T_V = 1, T_CELL = 2, T_INGEST = 4, T_PINGS = 8 };
+
+/* The record's top level: 1 taken (pings parsed, *cell and *ingest_ts set), 0 not, -1 no memory. */
+static int record(Cursor *c, Parsed *ps, const char **cell, Py_ssize_t *cell_n, double *ingest_ts) {
+    unsigned seen = 0;
+    if (!eat(c, '{')) return 0;
+    for (;;) {
+        const char *k;
+        Py_ssize_t kn;
+        int t, rc;
+        skip_ws(c);
+        if (!plain_string(c, &k, &kn) || !eat(c, ':')) return 0;
+        if (kn == 1 && k[0] == 'v') t = T_V;
+        else if (kn == 4 && memcmp(k, "cell", 4) == 0) t = T_CELL;
+        else if (kn == 9 && memcmp(k, "ingest_ts", 9) == 0) t = T_INGEST;
+        else if (kn == 5 && memcmp(k, "pings", 5) == 0) t = T_PINGS;
+        else return 0;
+        if (seen & (unsigned)t) return 0;
+        seen |= (unsigned)t;
+        skip_ws(c);
+        double d;
+        int integer;
+        int64_t iv;
+        switch (t) {
+        case T_V:
+            if (!number(c, &d, &integer, &iv) || !integer || iv != 1) return 0;
+            break;
+        case T_CELL:
+            if (!plain_string(c, cell, cell_n)) return 0;
+            break;
+        case T_INGEST:
+            if (!number(c, ingest_ts, &integer, &iv)) return 0;
+            break;
+        default:
+            rc = ping_array(c, ps);
+            if (rc <= 0) return rc;
+        }
+        if (eat(c, ',')) continue;
+        if (eat(c, '}')) break;
+        return 0;
+    }
+    skip_ws(c);
+    return seen == (T_V | T_CELL | T_INGEST | T_PINGS) && c->p == c->end && ps->n > 0;
+}
+
+/* -- the type -------------------------------------------------------------------------------- */
+
+static void release(PBPing *p, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_XDECREF(p[i].dev);
+        Py_XDECREF(p[i].cell);
+    }
+}
+
+static void Batch_dealloc(PingBatch *b) {
+    if (b->p != NULL) release(b->p, b->n);
+    if (b->dicts != NULL) {
+        for (Py_ssize_t i = 0; i < b->n; i++) Py_XDECREF(b->dicts[i]);
+        PyMem_Free(b->dicts);
+    }
+    PyMem_Free(b->p);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+/* A new batch owning p[0..n) (and their references). */
+static PyObject *new_batch(PBPing *p, Py_ssize_t n) {
+    PingBatch *b = PyObject_New(PingBatch, &BatchType);
+    if (b == NULL) {
+        release(p, n);
+        PyMem_Free(p);
+        return NULL;
+    }
+    b->n = n;
+    b->p = p;
+    b->dicts = NULL;
+    return (PyObject *)b;
+}
+
+static PyObject *box(double v, int is_int) { return is_int ? PyLong_FromLongLong((long long)v) : PyFloat_FromDouble(v); }
+
+/* Ping p as the reference path's dict: its keys in the record's order, then "cell". */
+static PyObject *make_dict(const PBPing *p) {
+    PyObject *d = _PyDict_NewPresized(p->nkeys + 1);
+    if (d == NULL) return NULL;
+    for (int i = 0; i < p->nkeys; i++) {
+        int k = (int)((p->order >> (4 * i)) & 15);
+        int is_int = (p->ints >> k) & 1;
+        PyObject *v;
+        switch (k) {
+        case PB_DEVICE: v = Py_NewRef(p->dev); break;
+        case PB_SEQ: v = PyLong_FromLongLong(p->seq); break;
+        case PB_TS: v = box(p->ts, is_int); break;
+        case PB_LAT: v = box(p->lat, is_int); break;
+        case PB_LON: v = box(p->lon, is_int); break;
+        case PB_SPEED: v = box(p->speed, is_int); break;
+        case PB_HEADING: v = box(p->heading, is_int); break;
+        case PB_ACC: v = box(p->acc, is_int); break;
+        default: v = Py_NewRef(state_names[p->state]); break;
+        }
+        if (v == NULL || PyDict_SetItem(d, key_names[k], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    if (PyDict_SetItem(d, k_cell, p->cell) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static Py_ssize_t Batch_len(PingBatch *b) { return b->n; }
+
+static PyObject *Batch_item(PingBatch *b, Py_ssize_t i) {
+    if (i < 0 || i >= b->n) {
+        PyErr_SetString(PyExc_IndexError, "PingBatch index out of range");
+        return NULL;
+    }
+    if (b->dicts == NULL) {
+        b->dicts = PyMem_Calloc((size_t)b->n, sizeof(PyObject *));
+        if (b->dicts == NULL) return PyErr_NoMemory();
+    }
+    if (b->dicts[i] == NULL) {
+        b->dicts[i] = make_dict(&b->p[i]);
+        if (b->dicts[i] == NULL) return NULL;
+    }
+    return Py_NewRef(b->dicts[i]);
+}
+
+typedef struct {
+    double ts;
+    Py_ssize_t i;
+} SortKey;
+
+/* by ts, then by position: a stable order */
+static int by_ts(const void *a, const void *b) {
+    const SortKey *x = a, *y = b;
+    if (x->ts < y->ts) return -1;
+    if (x->ts > y->ts) return 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* sorted_by_ts() -> PingBatch: sorted(batch, key=itemgetter("ts")); the batch itself if in order */
+static PyObject *Batch_sorted(PingBatch *b, PyObject *Py_UNUSED(ignored)) {
+    Py_ssize_t n = b->n, i;
+    for (i = 1; i < n && !(b->p[i].ts < b->p[i - 1].ts); i++) {
+    }
+    if (i >= n) return Py_NewRef((PyObject *)b);
+    SortKey *keys = PyMem_Malloc((size_t)n * sizeof(SortKey));
+    PBPing *p = PyMem_Malloc((size_t)n * sizeof(PBPing));
+    if (keys == NULL || p == NULL) {
+        PyMem_Free(keys);
+        PyMem_Free(p);
+        return PyErr_NoMemory();
+    }
+    for (i = 0; i < n; i++) keys[i] = (SortKey){b->p[i].ts, i};
+    qsort(keys, (size_t)n, sizeof(SortKey), by_ts);
+    for (i = 0; i < n; i++) {
+        p[i] = b->p[keys[i].i];
+        Py_INCREF(p[i].dev);
+        Py_INCREF(p[i].cell);
+    }
+    PyMem_Free(keys);
+    return new_batch(p, n);
+}
+
+static PyObject *Batch_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    PyErr_SetString(PyExc_TypeError, "PingBatch comes from pings.decode_batch");
+    return NULL;
+}
+
+static PyMethodDef Batch_methods[] = {
+    {"sorted_by_ts", (PyCFunction)Batch_sorted, METH_NOARGS,
+     "The pings in sorted(batch, key=itemgetter(\"ts\")) order (stable): a batch, this one if in order."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Batch_seq = {
+    .sq_length = (lenfunc)Batch_len,
+    .sq_item = (ssizeargfunc)Batch_item,
+};
+
+static PyTypeObject BatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pipeline._records.PingBatch",
+    .tp_basicsize = sizeof(PingBatch),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A decoded ping record as C structs; batch[i] is ping i's dict, made when asked for.",
+    .tp_new = Batch_new,
+    .tp_dealloc = (destructor)Batch_dealloc,
+    .tp_methods = Batch_methods,
+    .tp_as_sequence = &Batch_seq,
+};
+
+/* -- decode ---------------------------------------------------------------------------------- */
+
+/* The parsed pings' strs: the device ids through the device cache, the cells through H3 and the
+ * cell cache. 0, or -1 with a Python error (the references taken so far released by the caller). */
+static int intern_all(Parsed *ps, int res) {
+    for (Py_ssize_t i = 0; i < ps->n; i++) {
+        PBPing *p = &ps->p[i];
+        PyObject *s = PyUnicode_New(ps->dt[i].dev_n, 127);
+        if (s == NULL) return -1;
+        memcpy(PyUnicode_1BYTE_DATA(s), ps->dt[i].dev, (size_t)ps->dt[i].dev_n);
+        p->dev = records_device(s);
+        Py_DECREF(s);
+        if (p->dev == NULL) return -1;
+        uint64_t h = records_cell_of(p->lat, p->lon, res);
+        if (h == 1 && PyErr_Occurred()) return -1;
+        p->h3 = h;
+        p->cell = records_cell_str(h);
+        if (p->cell == NULL) return -1;
+    }
+    return 0;
+}
+
+/* parse_batch(raw, cell_res) -> (cell, ingest_ts, PingBatch) | None: None when the reference
+ * path (pings.decode_record) must decide. */
+static PyObject *parse_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "parse_batch(raw, cell_res)");
+        return NULL;
+    }
+    long res = PyLong_AsLong(args[1]);
+    if (res == -1 && PyErr_Occurred()) return NULL;
+    if (res < 0 || res > 15) {
+        PyErr_SetString(PyExc_ValueError, "parse_batch: cell_res must be 0..15");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(args[0])) Py_RETURN_NONE;
+    Cursor c = {PyBytes_AS_STRING(args[0]), PyBytes_AS_STRING(args[0]) + PyBytes_GET_SIZE(args[0])};
+    Parsed ps = {NULL, NULL, 0, 0};
+    const char *cell = NULL;
+    Py_ssize_t cell_n = 0;
+    double ingest_ts = 0.0;
+    PyObject *result = NULL;
+    int rc = record(&c, &ps, &cell, &cell_n, &ingest_ts);
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (rc == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (intern_all(&ps, (int)res) < 0) {
+        release(ps.p, ps.n);
+        goto done;
+    }
+    PyObject *batch = new_batch(ps.p, ps.n);
+    ps.p = NULL; /* the batch owns it, or new_batch freed it */
+    if (batch == NULL) goto done;
+    result = Py_BuildValue("(s#dN)", cell, cell_n, ingest_ts, batch);
+done:
+    PyMem_Free(ps.p);
+    PyMem_Free(ps.dt);
+    return result;
+}
+
+static PyMethodDef functions[] = {
+    {"parse_batch", (PyCFunction)(void (*)(void))parse_batch, METH_FASTCALL,
+     "parse_batch(raw, cell_res) -> (cell, ingest_ts, PingBatch) or None (the reference path decides)."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* The type and parse_batch into module _records (its init calls this). */
+int pingbatch_add(PyObject *module) {
+    static const char *const names[PB_NKEYS] = {"device_id", "seq", "ts", "lat", "lon",
+                                                "speed_mps", "heading_deg", "accuracy_m", "state"};
+    for (int i = 0; i < PB_NKEYS; i++)
+        if ((key_names[i] = PyUnicode_InternFromString(names[i])) == NULL) return -1;
+    if ((k_cell = PyUnicode_InternFromString("cell")) == NULL) return -1;
+    state_names[PB_NO_STATE] = Py_NewRef(Py_None);
+    for (int i = PB_DRIVING; i <= PB_PARKED; i++)
+        if ((state_names[i] = PyUnicode_InternFromString(STATE_TEXT[i])) == NULL) return -1;
+    if (PyType_Ready(&BatchType) < 0) return -1;
+    if (PyModule_AddObjectRef(module, "PingBatch", (PyObject *)&BatchType) < 0) return -1;
+    return PyModule_AddFunctions(module, functions);
+}
