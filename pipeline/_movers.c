@@ -6,7 +6,8 @@
  * objects (freed, cold) per ping: the worker is memory-bound, and the same glide in C on the
  * same objects gained nothing. Here such a device is one inline struct in an open-addressing
  * table (hot fields in one 128-byte block), keyed by (device id, res-7 key): a glide reads
- * the ping dict's values and writes doubles, creating no Python object.
+ * the ping dict's values (or a PingBatch's structs, pipeline/_pingbatch.h) and writes
+ * doubles, creating no Python object.
  *
  * Semantics are exactly ``motion.glide`` (refusals and updates), numbers included: each
  * numeric field keeps whether it was an int (ints below 2**53 only, so the double is
@@ -24,6 +25,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "_pingbatch.h"
 
 #define EXACT_MAX 9007199254740992.0 /* 2**53 */
 
@@ -207,17 +210,16 @@ static PyObject *box_opt(double v, int is_int, int none) {
 /* -- glide ---------------------------------------------------------------------------- */
 
 typedef struct {
-    PyObject *p, *dev, *key;
+    PyObject *p;     /* the ping's dict, or */
+    const PBPing *b; /* its struct in a PingBatch */
+    PyObject *dev, *key;
     uint64_t hash;
 } Prep;
 
-/* The ping's device and key, and where it would sit; 0 (no error set) if the fast path cannot
- * take it from what is known before looking at the device's state. */
-static int prepare(PyObject *p, PyObject *parents, PyObject *watched, PyObject *standing, Prep *out) {
-    if (!PyDict_CheckExact(p)) return 0;
-    PyObject *cell = PyDict_GetItemWithError(p, k_cell);
-    PyObject *dev = cell ? PyDict_GetItemWithError(p, k_device_id) : NULL;
-    if (dev == NULL || !PyUnicode_CheckExact(cell) || !PyUnicode_CheckExact(dev)) return 0;
+/* The ping's key and where it would sit; 0 (no error set) if the fast path cannot take it from
+ * what is known before looking at the device's state. */
+static int prepare_keys(PyObject *cell, PyObject *dev, PyObject *parents, PyObject *watched, PyObject *standing,
+                        Prep *out) {
     PyObject *key = PyDict_GetItemWithError(parents, cell);
     if (key == NULL || !PyUnicode_CheckExact(key)) return 0; /* a new cell: Python caches its key */
     /* someone stands near (Spots.see) or this one stood (Spots.lift): Python's business */
@@ -227,66 +229,112 @@ static int prepare(PyObject *p, PyObject *parents, PyObject *watched, PyObject *
     if (r != 0) return r < 0 ? -1 : 0;
     Py_hash_t hd = PyObject_Hash(dev), hk = PyObject_Hash(key);
     if (hd == -1 || hk == -1) return -1;
-    out->p = p;
     out->dev = dev;
     out->key = key;
     out->hash = combine(hd, hk);
     return 1;
 }
 
-/* motion.glide on the stored device: 1 taken, 0 refused (nothing changed). */
-static int glide_one(Store *s, const Prep *pr, double now, int now_int) {
-    Hot *e = &s->hot[find(s, pr->hash, pr->dev, pr->key)];
-    if (e->dev == NULL || !(e->nones & N_STILL_SINCE)) return 0; /* not stored, or standing */
+/* A ping dict's device and key (prepare_keys). */
+static int prepare(PyObject *p, PyObject *parents, PyObject *watched, PyObject *standing, Prep *out) {
+    if (!PyDict_CheckExact(p)) return 0;
+    PyObject *cell = PyDict_GetItemWithError(p, k_cell);
+    PyObject *dev = cell ? PyDict_GetItemWithError(p, k_device_id) : NULL;
+    if (dev == NULL || !PyUnicode_CheckExact(cell) || !PyUnicode_CheckExact(dev)) return 0;
+    out->p = p;
+    out->b = NULL;
+    return prepare_keys(cell, dev, parents, watched, standing, out);
+}
+
+/* Ping i of a list or a PingBatch (prepare_keys). */
+static int prepare_at(PyObject *pings, Py_ssize_t i, PyObject *parents, PyObject *watched, PyObject *standing,
+                      Prep *out) {
+    if (PyList_CheckExact(pings)) return prepare(PyList_GET_ITEM(pings, i), parents, watched, standing, out);
+    const PBPing *b = &((PingBatch *)pings)->p[i];
+    out->p = NULL;
+    out->b = b;
+    return prepare_keys(b->cell, b->dev, parents, watched, standing, out);
+}
+
+/* The numbers glide reads: from the dict (0 if one is not a number the struct holds exactly),
+ * or from the batch's struct, whose int flags are number()'s is_int. */
+typedef struct {
+    double ts, speed, lat, lon, hd;
+    int ts_i, speed_i, lat_i, lon_i, hd_i;
+    int64_t seq;
+} Vals;
+
+static int values(const Prep *pr, Vals *v) {
+    const PBPing *b = pr->b;
+    if (b != NULL) {
+        unsigned ints = b->ints;
+        *v = (Vals){b->ts, b->speed, b->lat, b->lon, b->heading, (ints >> PB_TS) & 1, (ints >> PB_SPEED) & 1,
+                    (ints >> PB_LAT) & 1, (ints >> PB_LON) & 1, (ints >> PB_HEADING) & 1, b->seq};
+        return 1;
+    }
     PyObject *p = pr->p;
     PyObject *ts_o = PyDict_GetItemWithError(p, k_ts), *speed_o = PyDict_GetItemWithError(p, k_speed);
     PyObject *seq_o = PyDict_GetItemWithError(p, k_seq), *lat_o = PyDict_GetItemWithError(p, k_lat);
     PyObject *lon_o = PyDict_GetItemWithError(p, k_lon), *hd_o = PyDict_GetItemWithError(p, k_heading);
     if (!(ts_o && speed_o && seq_o && lat_o && lon_o && hd_o)) return 0;
-    double ts, speed, lat, lon, hd;
-    int ts_i, speed_i, lat_i, lon_i, hd_i;
-    int64_t seq;
-    if (!(number(ts_o, &ts, &ts_i) && number(speed_o, &speed, &speed_i) && number(lat_o, &lat, &lat_i) &&
-          number(lon_o, &lon, &lon_i) && number(hd_o, &hd, &hd_i) && int64(seq_o, &seq)))
-        return 0;
+    return number(ts_o, &v->ts, &v->ts_i) && number(speed_o, &v->speed, &v->speed_i) &&
+           number(lat_o, &v->lat, &v->lat_i) && number(lon_o, &v->lon, &v->lon_i) && number(hd_o, &v->hd, &v->hd_i) &&
+           int64(seq_o, &v->seq);
+}
+
+/* motion.glide on the stored device: 1 taken, 0 refused (nothing changed). */
+static int glide_one(Store *s, const Prep *pr, double now, int now_int) {
+    Hot *e = &s->hot[find(s, pr->hash, pr->dev, pr->key)];
+    if (e->dev == NULL || !(e->nones & N_STILL_SINCE)) return 0; /* not stored, or standing */
+    Vals v;
+    if (!values(pr, &v)) return 0;
     unsigned ints = e->ints;
-    if (speed <= STILL_MPS) return 0;
+    if (v.speed <= STILL_MPS) return 0;
     /* Python's arithmetic: an int operand is converted to float (exact below 2**53), int - int
      * is exact. Two ints' difference rounds here only past 2**53: dt is then refused anyway
      * (> GAP_S), and a speed difference that large is as far past the brake threshold either
      * way, so every decision is Python's (int / int is correctly rounded in both). */
-    double dt = ts - e->ts;
+    double dt = v.ts - e->ts;
     if (!(0 < dt && dt <= GAP_S)) return 0;
-    if (dt <= MAX_BRAKE_DT_S && (e->speed - speed) / dt >= HARD_BRAKE_MPS2) return 0;
-    e->heading = hd;
-    e->seq = seq;
-    e->ts = ts;
-    e->lat = lat;
-    e->lon = lon;
-    e->speed = speed;
+    if (dt <= MAX_BRAKE_DT_S && (e->speed - v.speed) / dt >= HARD_BRAKE_MPS2) return 0;
+    e->heading = v.hd;
+    e->seq = v.seq;
+    e->ts = v.ts;
+    e->lat = v.lat;
+    e->lon = v.lon;
+    e->speed = v.speed;
     e->seen_at = now;
-    e->ints = (uint16_t)((ints & ~GLIDE_INTS) | ((unsigned)ts_i << F_TS) | ((unsigned)lat_i << F_LAT) |
-                         ((unsigned)lon_i << F_LON) | ((unsigned)speed_i << F_SPEED) |
-                         ((unsigned)hd_i << F_HEADING) | ((unsigned)now_int << F_SEEN));
+    e->ints = (uint16_t)((ints & ~GLIDE_INTS) | ((unsigned)v.ts_i << F_TS) | ((unsigned)v.lat_i << F_LAT) |
+                         ((unsigned)v.lon_i << F_LON) | ((unsigned)v.speed_i << F_SPEED) |
+                         ((unsigned)v.hd_i << F_HEADING) | ((unsigned)now_int << F_SEEN));
     return 1;
 }
 
-/* glide(pings, start, now, parents, watched, standing) -> index of the first ping not taken */
+/* glide(pings, start, now, parents, watched, standing) -> index of the first ping not taken;
+ * pings: a list of dicts or a PingBatch */
 static PyObject *Store_glide(Store *s, PyObject *args) {
     PyObject *pings, *now_o, *parents, *watched, *standing;
     Py_ssize_t i;
-    if (!PyArg_ParseTuple(args, "O!nOO!O!O!", &PyList_Type, &pings, &i, &now_o, &PyDict_Type, &parents,
-                          &PyDict_Type, &watched, &PyDict_Type, &standing))
+    if (!PyArg_ParseTuple(args, "OnOO!O!O!", &pings, &i, &now_o, &PyDict_Type, &parents, &PyDict_Type, &watched,
+                          &PyDict_Type, &standing))
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(pings);
+    Py_ssize_t n;
+    if (PyList_CheckExact(pings)) {
+        n = PyList_GET_SIZE(pings);
+    } else if (Py_IS_TYPE(pings, PingBatchType)) {
+        n = ((PingBatch *)pings)->n;
+    } else {
+        return PyErr_Format(PyExc_TypeError, "glide: pings must be a list or a PingBatch, not %.100s",
+                            Py_TYPE(pings)->tp_name);
+    }
     double now;
     int now_int;
     if (i < 0 || s->used == 0 || !number(now_o, &now, &now_int)) return PyLong_FromSsize_t(i < 0 ? 0 : i);
     Prep cur, nxt;
-    int have = i < n ? prepare(PyList_GET_ITEM(pings, i), parents, watched, standing, &cur) : 0;
+    int have = i < n ? prepare_at(pings, i, parents, watched, standing, &cur) : 0;
     while (have > 0) {
         /* the next ping's slot is fetched while this one is handled: the misses overlap */
-        int next = i + 1 < n ? prepare(PyList_GET_ITEM(pings, i + 1), parents, watched, standing, &nxt) : 0;
+        int next = i + 1 < n ? prepare_at(pings, i + 1, parents, watched, standing, &nxt) : 0;
         if (next < 0) return NULL;
         if (next > 0) {
             const char *at = (const char *)&s->hot[slot_of(s, nxt.hash)];
@@ -676,6 +724,7 @@ PyMODINIT_FUNC PyInit__movers(void) {
     KEY(a_brake_ts, "brake_ts");
     KEY(a_brake_decel, "brake_decel");
 #undef KEY
+    if (pingbatch_import() < 0) return NULL;
     if (PyType_Ready(&StoreType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

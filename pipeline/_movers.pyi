@@ -1,5 +1,6 @@
 from typing import Any
 
+from pipeline._records import PingBatch
 from pipeline.detect.motion import MotionTracker
 from pipeline.detect.stall import StallState
 
@@ -12,7 +13,7 @@ class Store:
     def __init__(self) -> None: ...
     def __len__(self) -> int: ...
     def glide(
-        self, pings: list[Any], start: int, now: float, parents: dict[str, str], watched: dict[str, Any],
+        self, pings: list[Any] | PingBatch, start: int, now: float, parents: dict[str, str], watched: dict[str, Any],
         standing: dict[str, Any], /,
     ) -> int: ...
     def put(self, device: str, key: str, dkey: str, state: StallState, partition: int, /) -> bool: ...

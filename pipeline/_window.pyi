@@ -1,6 +1,7 @@
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pipeline._records import PingBatch
 from pipeline.speed import SectorBucket, SectorStats, SeqWindow
 
 def bind(
@@ -9,7 +10,7 @@ def bind(
     device_ttl_s: float, seen_sweep_s: float, /,
 ) -> None: ...
 def add_pings(
-    pings: list[Any], windows: dict[str, CellSpeedWindow], load: Callable[[str, int], CellSpeedWindow],
+    pings: list[Any] | PingBatch, windows: dict[str, CellSpeedWindow], load: Callable[[str, int], CellSpeedWindow],
     partition: int, now: float, touched: set[str], wake: set[str], /,
 ) -> int: ...
 

@@ -58,6 +58,7 @@ import h3
 import orjson
 
 from pipeline import _movers, geo
+from pipeline._records import PingBatch
 from pipeline.cellstate import DictTable, PartitionedState, PartitionTable
 from pipeline.detect import baseline, crash, incidents, motion, stall
 from pipeline.detect.events import IncidentEvent, to_alert
@@ -170,10 +171,13 @@ class Engine:
         self.reports = 0  # report and vote records seen (bad ones included)
 
     # -- records ------------------------------------------------------------
-    def on_pings(self, batch: Sequence[Ping], partition: int, now: float) -> Output:
+    def on_pings(self, batch: Sequence[Ping] | PingBatch, partition: int, now: float) -> Output:
         """One decoded ping record of ``partition``: windows, baseline, per-device detectors.
 
-        Each ping carries its ``cell_res`` ``"cell"``, as :func:`pipeline.pings.decode_record` gives it.
+        Each ping carries its ``cell_res`` ``"cell"``, as :func:`pipeline.pings.decode_record` gives it;
+        ``batch`` is a list of ping dicts or the :class:`PingBatch` of :func:`pipeline.pings.decode_batch`
+        (C structs that the windows and the movers' glide read as they are; ``ordered[i]`` below makes
+        a dict only for the few pings the loop handles in Python).
         """
         out = Output()
         cells, devices = self.cells, self.devices
@@ -189,7 +193,11 @@ class Engine:
         wake = self.pacing.pending  # cells the conditions side wants to hear of (window.wake_at)
         touched_devices: set[str] = set()
         movers = self.movers
-        ordered = sorted(batch, key=_by_ts) if len(batch) > 1 else list(batch)
+        ordered: list[Ping] | PingBatch
+        if isinstance(batch, PingBatch):
+            ordered = batch.sorted_by_ts()  # stable, as sorted(): the same order
+        else:
+            ordered = sorted(batch, key=_by_ts) if len(batch) > 1 else list(batch)
         # the speed windows first, all pings at once in C (speed.add_pings): they and the
         # detectors below share no state, except that a crash fact reads its cell's traffic,
         # which then already counts the rest of this record (seconds of one area)

@@ -246,7 +246,7 @@ async def ping_agent(stream: faust.StreamT[bytes]) -> None:
         if _stale(event):
             continue  # not acknowledged: faust forgot this partition's acks when it was revoked
         try:
-            _, _, batch = pings.decode_record(event.value, engine.cell_res)
+            _, _, batch = pings.decode_batch(event.value, engine.cell_res)  # C structs, no dict a ping
         except pings.RecordError as exc:
             await outbox.publish(TOPIC_DEADLETTER, [(event.message.key or b"", dead_letter(event, str(exc)))])
             await held.hold(event, time.time())  # acknowledged in offset order with the rest (faust #606)

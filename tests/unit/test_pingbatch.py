@@ -10,8 +10,11 @@ as one fed dicts.
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import sys
+import tracemalloc
 from operator import itemgetter
 from typing import Any
 
@@ -20,10 +23,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pipeline import pings
+from pipeline import _movers, _window, geo, pings
 from pipeline._records import PingBatch, parse_batch
+from pipeline.detect import motion
+from pipeline.detect.stall import StallState
+from pipeline.engine import Engine, Tables
 from pipeline.ingest import wire
 from pipeline.pings import RecordError
+from tests.unit.test_movers import Counting, _partition, _published, _state, _traffic
 
 NOW = 1_700_000_000.0
 KEY = "871f1d489ffffff"
@@ -357,3 +364,100 @@ def test_sorted_by_ts_is_sorteds_stable_order(tss: list[float]) -> None:
     assert isinstance(batch, PingBatch)
     want = [repr(list(p.items())) for p in sorted(pings.decode_record(raw)[2], key=itemgetter("ts"))]
     assert [repr(list(p.items())) for p in batch.sorted_by_ts()] == want
+
+
+# -- the consumers ----------------------------------------------------------------------------
+def _raw(batch: list[dict[str, Any]], now: float) -> bytes:
+    return pings.encode_record(KEY, [{k: v for k, v in p.items() if k != "cell"} for p in batch], now)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_engine_fed_batches_ends_as_one_fed_dicts(seed: int) -> None:
+    """Outputs, tables, the movers' state (values and types) equal; most pings glided in C from the structs."""
+    b_tables, d_tables = Tables.in_memory(), Tables.in_memory()
+    b_eng, d_eng = Engine(b_tables), Engine(d_tables)
+    assert b_eng.movers is not None
+    counting = Counting(b_eng.movers)
+    b_eng.movers = counting  # type: ignore[assignment]
+    records = _traffic(seed)
+    fast = total = 0
+    for n, (now, batch) in enumerate(records):
+        raw = _raw(batch, now)
+        part = _partition(geo.parent(batch[0]["cell"], 7))
+        _, _, as_batch = pings.decode_batch(raw)
+        fast += isinstance(as_batch, PingBatch)
+        total += len(as_batch)
+        a = b_eng.on_pings(as_batch, part, now)
+        b = d_eng.on_pings(pings.decode_record(raw)[2], part, now)
+        assert _published(a) == _published(b)
+        assert b_eng.flush(part, now) >= 0 and d_eng.flush(part, now) >= 0
+        assert vars(b_tables) == vars(d_tables)
+        if n % 5 == 0:
+            assert _published(b_eng.tick(now)) == _published(d_eng.tick(now))
+            assert _state(b_eng) == _state(d_eng)
+    assert _state(b_eng) == _state(d_eng)
+    assert d_eng.spots.history, "the traffic never stopped: the loop's dicts were not exercised"
+    assert fast == len(records)
+    assert 0.3 * total < counting.taken < 0.95 * total, (counting.taken, total)
+
+
+def test_add_pings_counts_a_batch_as_its_dicts() -> None:
+    rng = random.Random(3)
+    items = _good(200, rng)
+    for p in items[::7]:
+        p["seq"] = 3  # duplicates
+    raw = pings.encode_record(KEY, items, NOW)
+    results = []
+    for batch in (pings.decode_batch(raw)[2], pings.decode_record(raw)[2]):
+        windows: dict[str, Any] = {}
+        touched: set[str] = set()
+        wake: set[str] = set()
+        dup = _window.add_pings(batch, windows, lambda c, p: _window.CellSpeedWindow(), 0, NOW, touched, wake)
+        results.append((dup, {c: w.to_bytes() for c, w in windows.items()}, touched, wake))
+    assert results[0] == results[1] and results[0][1]
+    with pytest.raises(TypeError):
+        _window.add_pings((), {}, print, 0, NOW, set(), set())  # type: ignore[arg-type]
+
+
+def test_decoding_and_using_batches_leaks_nothing() -> None:
+    rng = random.Random(5)
+    raws = [pings.encode_record(KEY, _good(30, rng), NOW) for _ in range(20)]
+    dev = pings.decode_record(raws[0])[2][0]["device_id"]  # the cache's object
+    cell = pings.decode_record(raws[0])[2][0]["cell"]
+    store = _movers.Store()
+    parents: dict[str, str] = {}
+    for raw in raws:
+        for p in pings.decode_record(raw)[2]:
+            parents[p["cell"]] = "k"
+            first = {**p, "ts": p["ts"] - 5 if p["seq"] % 2 else p["ts"] + 5}  # half glide, half refused
+            store.put(p["device_id"], "k", "k|" + p["device_id"], StallState(motion.seed(first, NOW)), 0)
+
+    def rounds(n: int) -> None:
+        for _ in range(n):
+            for raw in raws:
+                _, _, batch = pings.decode_batch(raw)
+                assert isinstance(batch, PingBatch)
+                ordered = batch.sorted_by_ts()
+                list(ordered)
+                windows: dict[str, Any] = {}
+                _window.add_pings(ordered, windows, lambda c, p: _window.CellSpeedWindow(), 0, NOW, set(), set())
+                i = 0
+                while i < len(ordered):
+                    i = store.glide(ordered, i, NOW, parents, {}, {}) + 1
+                parse_batch(raw[:-1], 9)  # refused half way
+
+    rounds(1)
+    gc.collect()
+    refs = sys.getrefcount(dev), sys.getrefcount(cell)
+    tracemalloc.start()
+    try:
+        rounds(2)
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        rounds(30)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert grown < 20_000, grown  # 30 x 600 pings: a leaked dict or str a ping would be MBs
+    assert (sys.getrefcount(dev), sys.getrefcount(cell)) == refs
