@@ -44,8 +44,11 @@
 #define HIDDEN __attribute__((visibility("hidden")))
 HIDDEN PyObject *records_cell_str(uint64_t h);
 HIDDEN PyObject *records_device(PyObject *dev);
-HIDDEN uint64_t records_cell_of(double lat, double lon, int res);
 HIDDEN int pingbatch_add(PyObject *module);
+HIDDEN void pingbatch_forget(int devices);
+HIDDEN uint64_t cell_hinted(double lat, double lon, int res, uint64_t hint); /* ingest/_h3skip.c */
+HIDDEN int h3skip_init(void);
+HIDDEN PyObject *cell_stats(PyObject *self, PyObject *args); /* ingest/_h3skip.c */
 
 #define EXACT_MAX (UINT64_C(1) << 53)
 #define MAX_SPEED 90.0
@@ -504,22 +507,87 @@ static PyTypeObject BatchType = {
 
 /* -- decode ---------------------------------------------------------------------------------- */
 
-/* The parsed pings' strs: the device ids through the device cache, the cells through H3 and the
- * cell cache. 0, or -1 with a Python error (the references taken so far released by the caller). */
+/* A device id's canonical str, looked up by the record's bytes, and the cell of its last ping.
+ *
+ * Going through the device cache costs a str made, hashed and freed a ping; H3 ~0.6 µs. This
+ * direct-mapped table (a slot per hash of the id's bytes, a clash replaces) gives the cache's
+ * str without making one, and the device's previous cell as the hint of ``cell_hinted``
+ * (pipeline/ingest/_h3skip.c: a phone ~15-75 m from its last ping is mostly still in its res-9
+ * cell, confirmed by a point-in-cell test, else H3). A slot holds strong references; it is
+ * emptied when _records.c clears the cache it mirrors, so its str is always the cache's. */
+typedef struct {
+    uint64_t hash; /* of the id's bytes; 0: empty */
+    PyObject *dev; /* owned: the device cache's str for the id */
+    PyObject *cell; /* owned: the str of h3 (NULL: none yet) */
+    uint64_t h3;
+} DevSlot;
+
+#define DEV_SLOTS_LOG2 17
+static DevSlot *dev_slots = NULL;
+
+/* _records.c empties the table when it clears its device cache (cells too) or its cell cache */
+void pingbatch_forget(int devices) {
+    if (dev_slots == NULL) return;
+    for (size_t i = 0; i < ((size_t)1 << DEV_SLOTS_LOG2); i++) {
+        DevSlot *e = &dev_slots[i];
+        Py_CLEAR(e->cell);
+        e->h3 = 0;
+        if (devices) {
+            Py_CLEAR(e->dev);
+            e->hash = 0;
+        }
+    }
+}
+
+static inline uint64_t hash_bytes(const char *s, Py_ssize_t n) {
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    return h ? h : 1;
+}
+
+/* The slot of the device id s[0..n) (ASCII), filled with its canonical str; NULL on error. */
+static DevSlot *device_slot(const char *s, Py_ssize_t n) {
+    uint64_t h = hash_bytes(s, n);
+    DevSlot *e = &dev_slots[(h * 0x9E3779B97F4A7C15ull) >> (64 - DEV_SLOTS_LOG2)];
+    if (e->hash == h && e->dev != NULL && PyUnicode_GET_LENGTH(e->dev) == n &&
+        memcmp(PyUnicode_DATA(e->dev), s, (size_t)n) == 0)
+        return e; /* the canonical str of an ASCII id is compact ASCII: its data is these bytes */
+    PyObject *str = PyUnicode_New(n, 127);
+    if (str == NULL) return NULL;
+    memcpy(PyUnicode_1BYTE_DATA(str), s, (size_t)n);
+    PyObject *canon = records_device(str); /* may clear the cache, and so the table */
+    Py_DECREF(str);
+    if (canon == NULL) return NULL;
+    Py_XDECREF(e->dev);
+    Py_CLEAR(e->cell);
+    e->dev = canon;
+    e->hash = h;
+    e->h3 = 0;
+    return e;
+}
+
+/* The parsed pings' strs and cells: the device ids as the device cache's strs, the cells by H3
+ * (hinted with the device's last cell) as the cell cache's strs. 0, or -1 with a Python error
+ * (the references taken so far released by the caller). */
 static int intern_all(Parsed *ps, int res) {
     for (Py_ssize_t i = 0; i < ps->n; i++) {
         PBPing *p = &ps->p[i];
-        PyObject *s = PyUnicode_New(ps->dt[i].dev_n, 127);
-        if (s == NULL) return -1;
-        memcpy(PyUnicode_1BYTE_DATA(s), ps->dt[i].dev, (size_t)ps->dt[i].dev_n);
-        p->dev = records_device(s);
-        Py_DECREF(s);
-        if (p->dev == NULL) return -1;
-        uint64_t h = records_cell_of(p->lat, p->lon, res);
+        DevSlot *e = device_slot(ps->dt[i].dev, ps->dt[i].dev_n);
+        if (e == NULL) return -1;
+        p->dev = Py_NewRef(e->dev);
+        uint64_t h = cell_hinted(p->lat, p->lon, res, e->h3);
         if (h == 1 && PyErr_Occurred()) return -1;
         p->h3 = h;
-        p->cell = records_cell_str(h);
+        if (h == e->h3 && e->cell != NULL) {
+            p->cell = Py_NewRef(e->cell);
+            continue;
+        }
+        p->cell = records_cell_str(h); /* may clear the cell cache, and the table's cells */
         if (p->cell == NULL) return -1;
+        if (e->dev == p->dev) { /* still the slot of this device */
+            Py_XSETREF(e->cell, Py_NewRef(p->cell));
+            e->h3 = h;
+        }
     }
     return 0;
 }
@@ -570,6 +638,8 @@ done:
 static PyMethodDef functions[] = {
     {"parse_batch", (PyCFunction)(void (*)(void))parse_batch, METH_FASTCALL,
      "parse_batch(raw, cell_res) -> (cell, ingest_ts, PingBatch) or None (the reference path decides)."},
+    {"cell_stats", cell_stats, METH_NOARGS,
+     "cell_stats() -> (cells confirmed from the device's last cell, cells by H3, cell shapes made) by parse_batch"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -583,6 +653,12 @@ int pingbatch_add(PyObject *module) {
     state_names[PB_NO_STATE] = Py_NewRef(Py_None);
     for (int i = PB_DRIVING; i <= PB_PARKED; i++)
         if ((state_names[i] = PyUnicode_InternFromString(STATE_TEXT[i])) == NULL) return -1;
+    if (h3skip_init() < 0) return -1;
+    dev_slots = PyMem_RawCalloc((size_t)1 << DEV_SLOTS_LOG2, sizeof(DevSlot)); /* pages touched as devices come */
+    if (dev_slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     if (PyType_Ready(&BatchType) < 0) return -1;
     if (PyModule_AddObjectRef(module, "PingBatch", (PyObject *)&BatchType) < 0) return -1;
     return PyModule_AddFunctions(module, functions);

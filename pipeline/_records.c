@@ -21,8 +21,8 @@
 #define HIDDEN __attribute__((visibility("hidden")))
 HIDDEN PyObject *records_cell_str(uint64_t h);
 HIDDEN PyObject *records_device(PyObject *dev);
-HIDDEN uint64_t records_cell_of(double lat, double lon, int res);
 HIDDEN int pingbatch_add(PyObject *module);
+HIDDEN void pingbatch_forget(int devices);
 
 static PyObject *cell_cache = NULL; /* int H3 index -> str */
 static PyObject *device_cache = NULL; /* device id -> the one str object for it */
@@ -74,7 +74,10 @@ PyObject *records_cell_str(uint64_t h) {
         Py_DECREF(key);
         return NULL;
     }
-    if (PyDict_GET_SIZE(cell_cache) >= CACHE_MAX) PyDict_Clear(cell_cache);
+    if (PyDict_GET_SIZE(cell_cache) >= CACHE_MAX) {
+        pingbatch_forget(0); /* its cells are this cache's */
+        PyDict_Clear(cell_cache);
+    }
     if (PyDict_SetItem(cell_cache, key, s) < 0) {
         Py_DECREF(key);
         Py_DECREF(s);
@@ -88,14 +91,14 @@ PyObject *records_cell_str(uint64_t h) {
  * the engine keeps per device then finds it by identity, without comparing the strings (cold
  * memory), as for cells. */
 PyObject *records_device(PyObject *dev) {
-    if (PyDict_GET_SIZE(device_cache) >= CACHE_MAX) PyDict_Clear(device_cache);
+    if (PyDict_GET_SIZE(device_cache) >= CACHE_MAX) {
+        pingbatch_forget(1); /* its devices are this cache's */
+        PyDict_Clear(device_cache);
+    }
     PyObject *canon = PyDict_SetDefault(device_cache, dev, dev);
     Py_XINCREF(canon);
     return canon;
 }
-
-/* H3 of (lat, lon) in degrees at res; 1 with a Python error set on failure. */
-uint64_t records_cell_of(double lat, double lon, int res) { return latlng_to_cell(lat, lon, res, 0); }
 
 /* check_pings(pings, cell_res, error) -> None: each ping checked and given "cell";
  * raises ``error(reason)`` at the first bad ping (pings before it already carry "cell"). */
