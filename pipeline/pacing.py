@@ -32,7 +32,7 @@ import orjson
 from pipeline import conditions
 from pipeline.cellstate import PartitionedState
 from pipeline.detect import baseline
-from pipeline.speed import CellSpeedWindow, SectorBucket
+from pipeline.speed import CellSpeedWindow, SectorBucket, SectorStats
 
 Record = tuple[bytes, bytes | None]  # (key, value); value None is a tombstone
 
@@ -65,6 +65,10 @@ class Pacing:
         self.cells, self.baselines, self.active = cells, baselines, active
         self.min_devices = min_devices
         self.published: dict[str, dict[str, Any]] = {}
+        # published cell → (its condition, what decides if a new reading is material): a re-evaluation
+        # reads these instead of the message (conditions.settled); a stale one (not ``is`` the
+        # published) is read again
+        self.digests: dict[str, tuple[dict[str, Any], conditions.Digest]] = {}
         self.pending: set[str] = set()  # touched since the last tick
         self.urgent: set[str] = set()  # an incident opened or ended there: evaluated at the next tick
         self.evaluated_at: dict[str, float] = {}
@@ -140,6 +144,7 @@ class Pacing:
         self.maybe_published &= cells.keys()
         self.known = {c: n for c, n in self.known.items() if c in cells}
         self.published = {c: v for c, v in self.published.items() if c in cells}
+        self.digests = {c: d for c, d in self.digests.items() if c in self.published}
 
     def adopt_windows(self, now: float) -> None:
         """Read stored windows of (re)assigned partitions for :data:`ADOPT_BUDGET_S` (see Engine.adopt)."""
@@ -169,9 +174,10 @@ class Pacing:
         news: set[str] = set()
         later: set[str] = set()
         busy: list[str] = []
-        for c in due:
-            w = windows.get(c)
+        share = REEVALUATE_SHARE
+        for c in due:  # (thousands a tick: the window is looked up only where it is read)
             if c not in published:
+                w = windows.get(c)
                 if w is None or known.get(c) != len(w.seen):
                     news.add(c)
                 continue
@@ -179,7 +185,7 @@ class Pacing:
                 later.add(c)
                 continue
             n = counts.get(c)
-            if w is not None and n is not None and 0 <= w.added - n[0] < REEVALUATE_SHARE * n[1]:
+            if n is not None and (w := windows.get(c)) is not None and 0 <= w.added - n[0] < share * n[1]:
                 continue  # too little new to matter: left to the rescan
             busy.append(c)
         self.pending = later
@@ -187,9 +193,9 @@ class Pacing:
 
     def _evaluate(self, cell: str, now: float, out: list[Record], rescan: bool) -> None:
         self.evaluated_at[cell] = now
-        self._condition(cell, now, out, expire=rescan)
         w = self.cells.values.get(cell)
-        if cell in self.published:
+        published = self._condition(cell, w, now, out, rescan)
+        if published:
             self.known.pop(cell, None)
             n = self.evaluated_n.get(cell)
             if w is not None:
@@ -231,12 +237,21 @@ class Pacing:
             self._learn(cell, closed)
         return bool(closed)
 
-    def _condition(self, cell: str, now: float, out: list[Record], *, expire: bool = True) -> None:
-        window = self.cells.values.get(cell)
-        open_ = self.active.values.get(cell) or {}
+    def _condition(
+        self, cell: str, window: CellSpeedWindow | None, now: float, out: list[Record], expire: bool
+    ) -> bool:
+        """Evaluate ``cell`` (its ``window``): a condition, a tombstone or nothing into ``out``; True if published now.
+
+        Most evaluations of a busy city find nothing material: that path reads the
+        window's sectors once and builds nothing (jam factors, rounding, the message
+        and its centre are left to a material change).
+        """
+        open_ = self.active.values.get(cell)
+        published = self.published
+        prev = published.get(cell)
         if (
             not open_
-            and cell not in self.published
+            and prev is None
             and cell not in self.maybe_published
             and (window is None or not window.could_reach(self.min_devices))
         ):
@@ -246,30 +261,43 @@ class Pacing:
             self.evaluated_n.pop(cell, None)
             if window is None:
                 self.baselines.evict(cell)
-            return
+            return False
         if window is not None and expire:  # O(devices seen): on rescans only
             self._expire(cell, window, now)
-        lapsed = [i for i, a in open_.items() if a["expires_at"] is not None and a["expires_at"] <= now]
-        for i in lapsed:
-            del open_[i]
-        if lapsed:
-            self.active.mark(cell)
-        prev = self.published.get(cell)
-        stats = window.stats(now) if window is not None else {}
+        if open_:
+            lapsed = [i for i, a in open_.items() if a["expires_at"] is not None and a["expires_at"] <= now]
+            for i in lapsed:
+                del open_[i]
+            if lapsed:
+                self.active.mark(cell)
+            shut = any(a["type"] == "closure" for a in open_.values())  # a closure: level 5
+            incidents = sorted(open_)
+        else:
+            shut, incidents = False, []
+        k = self.min_devices
         if window is not None:
-            self.evaluated_n[cell] = (window.added, sum(s.samples for s in stats.values()))
-        shut = any(a["type"] == "closure" for a in open_.values())  # a closure: level 5
-        free_flow = baseline.free_flow_by_sector(self.baselines.values.get(cell), now)
-        rs = conditions.readings(stats, min_devices=self.min_devices, free_flow=free_flow, closed=shut)
-        incidents = sorted(open_)
-        if prev is not None and conditions.unchanged(prev, rs, incidents, now):
-            return  # not material: nothing to build
+            stats = window.stats(now)
+            samples = 0
+            for st in stats.values():
+                samples += st.samples
+            self.evaluated_n[cell] = (window.added, samples)
+        else:
+            stats = {}
+        b = self.baselines.values.get(cell)
+        free_flow = None if b is None else self._free_flow(b, stats, now)
+        if prev is not None:
+            seen = self.digests.get(cell)
+            if seen is None or seen[0] is not prev:  # published before this Pacing kept digests: read it now
+                seen = self.digests[cell] = (prev, conditions.digest(prev))
+            if conditions.settled(seen[1], stats, k, free_flow, shut, incidents, now):
+                return True  # not material: nothing to build
+        rs = conditions.readings(stats, min_devices=k, free_flow=free_flow, closed=shut)
         cond = conditions.build_condition(
             cell,
             stats,
             now=now,
             version=conditions.next_version(prev["version"] if prev else 0, now),
-            min_devices=self.min_devices,
+            min_devices=k,
             incidents=incidents,
             closed=shut,
             sector_readings=rs,
@@ -280,15 +308,28 @@ class Pacing:
         if cond is None:
             if prev is not None or maybe:
                 out.append((cell.encode(), None))  # a tombstone: gone from the compacted topic
-                self.published.pop(cell, None)
+                published.pop(cell, None)
+                self.digests.pop(cell, None)
             self.evaluated_at.pop(cell, None)
             self.evaluated_n.pop(cell, None)
             if window is None or window.is_empty():
                 self.baselines.evict(cell)  # quiet cell: its baseline waits in the table
-            return
+            return False
         if conditions.is_material(prev, cond, now):
             out.append((cell.encode(), orjson.dumps(cond)))
-            self.published[cell] = cond
+            published[cell] = cond
+            self.digests[cell] = (cond, conditions.digest(cond))
+            return True
+        return prev is not None
+
+    def _free_flow(self, b: baseline.CellBaseline, stats: dict[int, SectorStats], now: float) -> dict[int, float]:
+        """baseline.free_flow_by_sector, for only the sectors :func:`conditions.readings` reads (k devices).
+
+        Each is a quantile of a histogram: the cell's other sectors (the opposite direction,
+        a side street) were read at every evaluation and never used.
+        """
+        learned, k = b.sectors, self.min_devices
+        return {sec: baseline.free_flow(b, sec, now) for sec, st in stats.items() if st.devices >= k and sec in learned}
 
     def _learn(self, cell: str, closed: list[tuple[int, dict[int, SectorBucket]]]) -> None:
         """Fold speed-window buckets that just closed into the cell's free-flow baseline."""

@@ -266,7 +266,12 @@ def test_readings_unchanged_and_the_message_match_the_reference(
     assert new == ref.build_condition(CELL, after, free_flow=free_flow, **kw)
     assert conditions.build_condition(CELL, after, sector_readings=rs, **kw) == new
     if prev is not None:
-        assert conditions.unchanged(prev, rs, inc1, now) == ref.unchanged(prev, rs, inc1, now)
+        same = ref.unchanged(prev, rs, inc1, now)
+        assert conditions.unchanged(prev, rs, inc1, now) == same
+        seen = conditions.digest(prev)
+        assert conditions.settled(seen, after, k, free_flow, closed, inc1, now) == same
+        backwards = dict(reversed(after.items()))  # not the window's ascending order
+        assert conditions.settled(seen, backwards, k, free_flow, closed, tuple(inc1), now) == same
         if new is not None:
             assert conditions.is_material(prev, new, now) == ref.is_material(prev, new, now)
 
@@ -275,6 +280,12 @@ def test_readings_unchanged_and_the_message_match_the_reference(
 def test_level_and_jam_factor_match_the_reference(ratio: float) -> None:
     assert conditions.level_for(ratio) == ref.level_for(ratio)
     assert conditions.jam_factor_for(ratio) == ref.jam_factor_for(ratio)
+
+
+@given(st.one_of(st.floats(allow_nan=False), st.integers(-400, 400).map(lambda q: q / 4)))
+def test_round2_is_round_to_two_decimals(x: float) -> None:
+    r = conditions.round2(x)
+    assert r == round(x, 2) and str(r) == str(round(x, 2))  # the same float, sign of zero included
 
 
 def test_the_drifted_cases_do_reach_unchanged() -> None:
