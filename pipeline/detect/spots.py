@@ -52,12 +52,13 @@ boundary then waits for passers inside its own cell.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import h3
 
-from pipeline import geo
+from pipeline import _spots, geo
 
 PASS_MPS = 5.0
 SAME_DIRECTION_DEG = 30.0
@@ -74,6 +75,10 @@ HISTORY_S = 600.0
 CELL_RES = 9
 _SAMPLE_M = (0.0, -50.0, -100.0, 25.0, 50.0, 75.0, 100.0)  # points whose cells a spot watches (res-9 edge ~174 m)
 _M_PER_DEG = 111_320.0
+# A stop further than this in latitude (degrees) is further than USUAL_M: the haversine distance
+# is at least EARTH_RADIUS_M * |the latitudes' difference in radians|. 1 % over that bound keeps
+# rounding (~1e-15) far from deciding, so the band drops only stops the distance would drop.
+_USUAL_DLAT = USUAL_M * 1.01 / math.radians(geo.EARTH_RADIUS_M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,23 +97,57 @@ class Spot:
     lon: float
     heading: float
     since_ts: float
-    cells: tuple[str, ...]
+    cells: tuple[str, ...]  # the first is its own cell
     seen: float  # `now` of the device's last still ping: a spot whose device went quiet is lifted
     usual: bool = False  # decided when the stop starts: only stops before it count
     passers: set[str] = field(default_factory=set)
     behind: set[str] = field(default_factory=set)  # seen behind it since it stopped: may pass
+    # its flat frame's factors (see offset), computed once: every ping of its cells is measured in
+    # it. Its position never changes: a stop that moves is placed as a new Spot.
+    cos_lat: float = field(init=False, repr=False, compare=False)
+    sin_h: float = field(init=False, repr=False, compare=False)
+    cos_h: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.cos_lat = math.cos(math.radians(self.lat))
+        h = math.radians(self.heading)
+        self.sin_h, self.cos_h = math.sin(h), math.cos(h)
+
+
+_spots.bind(
+    Spot,
+    _SAMPLE_M,
+    PASS_MPS,
+    SAME_DIRECTION_DEG,
+    *AHEAD_M,
+    BEHIND_M,
+    ASIDE_M,
+    _M_PER_DEG,
+    USUAL_M,
+    USUAL_DEG,
+    USUAL_MIN,
+    HISTORY_S,
+    _USUAL_DLAT,
+    geo.EARTH_RADIUS_M,
+    CELL_RES,
+)
 
 
 def offset(spot: Spot, lat: float, lon: float) -> tuple[float, float]:
     """(metres along the spot's heading, metres to its side) of a point."""
-    dx = (lon - spot.lon) * _M_PER_DEG * math.cos(math.radians(spot.lat))
+    dx = (lon - spot.lon) * _M_PER_DEG * spot.cos_lat
     dy = (lat - spot.lat) * _M_PER_DEG
-    h = math.radians(spot.heading)
-    sin_h, cos_h = math.sin(h), math.cos(h)
+    sin_h, cos_h = spot.sin_h, spot.cos_h
     return dx * sin_h + dy * cos_h, abs(dx * cos_h - dy * sin_h)
 
 
+# The three loops below run in C (pipeline/_spots.c);
+# these are their Python twins, kept as the readable rules and run by Spots(native=False): the
+# equivalence tests hold both to the original module (tests/support/reference_spots.py).
+
+
 def _cells(lat: float, lon: float, heading: float) -> tuple[str, ...]:
+    """The cells of the points _SAMPLE_M along the heading (the first: the point's own)."""
     out: list[str] = []
     for d in _SAMPLE_M:
         if d == 0.0:
@@ -120,15 +159,73 @@ def _cells(lat: float, lon: float, heading: float) -> tuple[str, ...]:
     return tuple(out)
 
 
-class Spots:
-    """Stopped devices and what passes them; :meth:`see` is called for every ping of a watched cell."""
+def _see(spots: dict[str, Spot], device: str, ts: float, lat: float, lon: float, speed: float, heading: float) -> None:
+    """:meth:`Spots.see` over the spots of the ping's cell."""
+    lo, hi = AHEAD_M
+    for spot in spots.values():
+        if ts <= spot.since_ts or spot.device == device or device in spot.passers:
+            continue
+        if geo.angle_diff(heading, spot.heading) > SAME_DIRECTION_DEG:
+            continue
+        along, aside = offset(spot, lat, lon)
+        if aside > ASIDE_M:
+            continue
+        if -BEHIND_M <= along < 0.0:
+            spot.behind.add(device)
+        elif lo <= along <= hi and speed >= PASS_MPS and device in spot.behind:
+            spot.passers.add(device)
 
-    def __init__(self) -> None:
+
+History = dict[str, list[tuple[float, float, float, float, str]]]
+
+
+def _usual(
+    history: History, disk: list[str], device: str, lat: float, lon: float, heading: float, since_ts: float
+) -> bool:
+    """:meth:`Spots._usual` over the stops started in ``disk``'s cells."""
+    # its own earlier stops here count as its start: a stop restarted (GPS jitter, a coverage gap)
+    # would otherwise find the queue that formed behind it "before" it
+    first = since_ts
+    lat_lo, lat_hi = lat - _USUAL_DLAT, lat + _USUAL_DLAT  # lat is finite: pings are validated
+    others: list[tuple[float, float, str]] = []
+    for c in disk:
+        for h_since, h_lat, h_lon, h_heading, h_device in history.get(c, ()):
+            if not lat_lo <= h_lat <= lat_hi:
+                continue
+            if h_since < since_ts - HISTORY_S or geo.distance_m(h_lat, h_lon, lat, lon) > USUAL_M:
+                continue
+            if h_device == device:
+                first = min(first, h_since)
+            else:
+                others.append((h_since, geo.angle_diff(h_heading, heading), h_device))
+    seen = {d for h_since, turn, d in others if turn <= USUAL_DEG and (h_since < first or turn > SAME_DIRECTION_DEG)}
+    return len(seen) >= USUAL_MIN
+
+
+class Spots:
+    """Stopped devices and what passes them; :meth:`see` is called for every ping of a watched cell.
+
+    ``native``: the loops in C (the default) or their Python twins (the same results).
+    """
+
+    def __init__(self, native: bool = True) -> None:
         self.by_device: dict[str, Spot] = {}
         self.by_cell: dict[str, dict[str, Spot]] = {}
         # where stops started lately, per res-9 cell: (since_ts, lat, lon, heading, device)
-        self.history: dict[str, list[tuple[float, float, float, float, str]]] = {}
+        self.history: History = {}
         self._disks: dict[str, list[str]] = {}  # a cell → it and its neighbours (a cache)
+        self._cells: Callable[[float, float, float], tuple[str, ...]]
+        self._scan: Callable[[History, list[str], str, float, float, float, float], bool]
+        # see(cell, device, ts, lat, lon, speed, heading): a ping in ``cell`` (only called when
+        # ``cell in self.by_cell``). Called for every ping near a stop: the C function is bound to
+        # by_cell, no Python frame in between (by_cell is never replaced, only emptied).
+        self.see: Callable[[str, str, float, float, float, float, float], None]
+        if native:
+            self.see = partial(_spots.see, self.by_cell)
+            self._cells, self._scan = _spots.cells, _spots.usual
+        else:
+            self.see = self._see_py
+            self._cells, self._scan = _cells, _usual
 
     def place(self, device: str, lat: float, lon: float, heading: float, since_ts: float, now: float) -> None:
         """The device stands (since ``since_ts``) at its stop's centroid; passers are kept for the same stop."""
@@ -137,43 +234,39 @@ class Spots:
             old.seen = now
             if geo.distance_m(old.lat, old.lon, lat, lon) < 5.0:
                 return
+            cells = self._cells(lat, lon, heading)
             passers, behind = old.passers, old.behind
-            usual = old.usual or self._usual(device, lat, lon, heading, since_ts)
+            usual = old.usual or self._usual(device, lat, lon, heading, since_ts, cells[0])
         else:
-            passers, behind, usual = set(), set(), self._usual(device, lat, lon, heading, since_ts)
-            self.history.setdefault(geo.cell(lat, lon, CELL_RES), []).append((since_ts, lat, lon, heading, device))
-        self.lift(device)
-        spot = Spot(device, lat, lon, heading, since_ts, _cells(lat, lon, heading), now, usual, passers, behind)
+            cells = self._cells(lat, lon, heading)
+            passers, behind, usual = set(), set(), self._usual(device, lat, lon, heading, since_ts, cells[0])
+            self.history.setdefault(cells[0], []).append((since_ts, lat, lon, heading, device))
+        if old is not None:
+            self.lift(device)
+        spot = Spot(device, lat, lon, heading, since_ts, cells, now, usual, passers, behind)
         self.by_device[device] = spot
-        for c in spot.cells:
-            self.by_cell.setdefault(c, {})[device] = spot
+        by_cell = self.by_cell
+        for c in cells:
+            here = by_cell.get(c)
+            if here is None:
+                by_cell[c] = {device: spot}
+            else:
+                here[device] = spot
 
     def lift(self, device: str) -> None:
         spot = self.by_device.pop(device, None)
         if spot is None:
             return
+        by_cell = self.by_cell
         for c in spot.cells:
-            here = self.by_cell.get(c)
+            here = by_cell.get(c)
             if here is not None:
                 here.pop(device, None)
                 if not here:
-                    del self.by_cell[c]
+                    del by_cell[c]
 
-    def see(self, cell: str, device: str, ts: float, lat: float, lon: float, speed: float, heading: float) -> None:
-        """A ping in ``cell`` (only called when ``cell in self.by_cell``)."""
-        lo, hi = AHEAD_M
-        for spot in self.by_cell[cell].values():
-            if spot.device == device or ts <= spot.since_ts or device in spot.passers:
-                continue
-            if geo.angle_diff(heading, spot.heading) > SAME_DIRECTION_DEG:
-                continue
-            along, aside = offset(spot, lat, lon)
-            if aside > ASIDE_M:
-                continue
-            if -BEHIND_M <= along < 0.0:
-                spot.behind.add(device)
-            elif lo <= along <= hi and speed >= PASS_MPS and device in spot.behind:
-                spot.passers.add(device)
+    def _see_py(self, cell: str, device: str, ts: float, lat: float, lon: float, speed: float, heading: float) -> None:
+        _see(self.by_cell[cell], device, ts, lat, lon, speed, heading)
 
     def around(self, device: str) -> Around | None:
         """What surrounds the device's current stop; None if it is not standing."""
@@ -181,7 +274,7 @@ class Spots:
         if spot is None:
             return None
         if spot.passers and not spot.usual:  # only where it matters: the cross road's stops since it stood
-            spot.usual = self._usual(device, spot.lat, spot.lon, spot.heading, spot.since_ts)
+            spot.usual = self._usual(device, spot.lat, spot.lon, spot.heading, spot.since_ts, spot.cells[0])
         return Around(len(spot.passers), self._queued(spot), spot.usual)
 
     def _queued(self, spot: Spot) -> bool:
@@ -210,34 +303,18 @@ class Spots:
         first = self._ahead(spot) if spot is not None else None
         return first is not None and self._ahead(first) is not None
 
-    def _usual(self, device: str, lat: float, lon: float, heading: float, since_ts: float) -> bool:
+    def _usual(self, device: str, lat: float, lon: float, heading: float, since_ts: float, home: str) -> bool:
         """Others stopped here: before it in its direction or across it, or since it stood across it.
 
         The cars that stop behind a stalled car come after it, in its direction; a stop across its
-        direction is the cross road's, whenever it happened.
+        direction is the cross road's, whenever it happened. ``home``: the cell of (lat, lon).
         """
-        home = geo.cell(lat, lon, CELL_RES)
         disk = self._disks.get(home)
         if disk is None:  # a stop-and-go road starts stops in the same cells over and over
             if len(self._disks) > 100_000:
                 self._disks.clear()
             disk = self._disks[home] = h3.grid_disk(home, 1)
-        # its own earlier stops here count as its start: a stop restarted (GPS jitter, a coverage gap)
-        # would otherwise find the queue that formed behind it "before" it
-        first = since_ts
-        others: list[tuple[float, float, str]] = []
-        for c in disk:
-            for h_since, h_lat, h_lon, h_heading, h_device in self.history.get(c, ()):
-                if h_since < since_ts - HISTORY_S or geo.distance_m(h_lat, h_lon, lat, lon) > USUAL_M:
-                    continue
-                if h_device == device:
-                    first = min(first, h_since)
-                else:
-                    others.append((h_since, geo.angle_diff(h_heading, heading), h_device))
-        seen = {
-            d for h_since, turn, d in others if turn <= USUAL_DEG and (h_since < first or turn > SAME_DIRECTION_DEG)
-        }
-        return len(seen) >= USUAL_MIN
+        return self._scan(self.history, disk, device, lat, lon, heading, since_ts)
 
     def standing(self, devices: Iterable[str]) -> dict[str, Spot]:
         """The spots of the standing devices of ``devices`` (e.g. the vehicles of a crash area)."""

@@ -1,0 +1,264 @@
+# pipeline/detect/spots.py as of ae6d507, verbatim: the reference tests/unit/test_spots_equiv.py holds it to.
+"""What the traffic does around a vehicle standing still: does it pass it, or queue behind it?
+
+From its own pings, a car waiting at a red light, one queued behind a left-turner and one
+stalled in its lane look the same. What differs is around it (measured on SUMO scenarios
+with ``traverz simulate --offline``: every stall false alarm stood in a queue, every crash
+false alarm was a hard stop at a red light with the queue behind it):
+
+* **passers**: other devices in its direction (± :data:`SAME_DIRECTION_DEG`) seen first
+  *behind* it (up to :data:`BEHIND_M`) and then *ahead* of it (:data:`AHEAD_M` along its
+  heading, ≤ :data:`ASIDE_M` to the side, moving ≥ :data:`PASS_MPS`), after it stopped. The
+  traffic goes round it: its lane is blocked, the road is not. At a red light nothing in its
+  direction goes past; the cars queued ahead of it that drive off never were behind it.
+* **queued**: another device standing just ahead of it (:data:`QUEUE_AHEAD_M` along, ≤
+  :data:`QUEUE_ASIDE_M` aside), in any direction but the oncoming one: the car ahead often
+  waits to turn, across its lane. It waits behind someone; it is not the obstacle. (With few
+  phones on the road the car ahead is often not a device: then the other rules speak.)
+* **usual**: at least :data:`USUAL_MIN` other devices started a stop within
+  :data:`USUAL_M` of this one, in its direction *or across it* (within :data:`USUAL_DEG`:
+  anything but the oncoming direction), in the :data:`HISTORY_S` *before* it stopped: a
+  stop line, a junction, a merge, a jam's stop-and-go. A car that breaks down mid-block
+  stops where nobody stopped before; the cars that then stop behind it come after. Stops
+  across its direction are what makes a junction: a car first in line waiting ≥ 90 s to
+  turn left across an oncoming stream (or to get out of a side road) has the through
+  traffic of its own road passing it in the next lane at 6–15 m/s, exactly like a stalled
+  car, and nobody ahead of it; what tells it apart is where it stands, where the cross
+  road's cars stopped too, before it or while it waits (measured offline, ``congestion``
+  seeds 1–40: all 15 stall false alarms waited at junctions, 9 of them in Rudower
+  Chaussee's left-turn lane; the oncoming direction does not count, so a jam on the other
+  side of the road does not hide a breakdown on this one, and its own direction counts
+  only before it, so the queue behind a stall does not either). It is decided when the
+  stop starts, looked at again from the running centroid as that settles (the first still
+  fix can be 10–15 m off) and, once it has passers, for the cross road's stops since;
+  never un-decided. Its own earlier stops at the same place (a stop restarted by GPS jitter
+  or a coverage gap) count as its start: the queue that formed behind a stalled car
+  meanwhile is not "before" it. The cost: a stall or crash right at a stop line or in a
+  junction is left to drivers' reports.
+
+Offsets are measured in a local flat frame around the stop (exact enough within 100 m).
+Lanes are 3–3.5 m apart and fixes are off by 5–15 m, so "aside" cannot tell lanes apart;
+it only keeps the next street out.
+
+Passers are counted in the order pings reach the worker: a stop must be known before the
+pings of the cars that go round it. A stalled phone whose whole stop arrives later as one
+backlog (after a coverage gap) is matched with nothing seen before; it waits for new passers.
+
+This is in-memory and per worker, rebuilt from the live pings: a restart delays a detection
+by the time the passers take to pass again, nothing more. A passer whose pings are keyed to
+another res-7 cell (another partition) is not seen; a stop within 100 m before a res-7
+boundary then waits for passers inside its own cell.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import h3
+
+from pipeline import geo
+
+PASS_MPS = 5.0
+SAME_DIRECTION_DEG = 30.0
+AHEAD_M = (5.0, 100.0)
+BEHIND_M = 100.0
+ASIDE_M = 15.0
+QUEUE_AHEAD_M = (3.0, 40.0)
+QUEUE_ASIDE_M = 10.0
+ONCOMING_DEG = 120.0
+USUAL_M = 25.0
+USUAL_MIN = 2
+USUAL_DEG = ONCOMING_DEG  # same direction or across it: a stop line, a junction
+HISTORY_S = 600.0
+CELL_RES = 9
+_SAMPLE_M = (0.0, -50.0, -100.0, 25.0, 50.0, 75.0, 100.0)  # points whose cells a spot watches (res-9 edge ~174 m)
+_M_PER_DEG = 111_320.0
+
+
+@dataclass(frozen=True, slots=True)
+class Around:
+    """What a stopped vehicle's surroundings say."""
+
+    passers: int  # distinct devices that went past it in its direction since it stopped
+    queued: bool  # another device stands just ahead of it
+    usual: bool  # others stopped here shortly before: a stop line, a junction, a jam
+
+
+@dataclass(slots=True)
+class Spot:
+    device: str
+    lat: float
+    lon: float
+    heading: float
+    since_ts: float
+    cells: tuple[str, ...]
+    seen: float  # `now` of the device's last still ping: a spot whose device went quiet is lifted
+    usual: bool = False  # decided when the stop starts: only stops before it count
+    passers: set[str] = field(default_factory=set)
+    behind: set[str] = field(default_factory=set)  # seen behind it since it stopped: may pass
+
+
+def offset(spot: Spot, lat: float, lon: float) -> tuple[float, float]:
+    """(metres along the spot's heading, metres to its side) of a point."""
+    dx = (lon - spot.lon) * _M_PER_DEG * math.cos(math.radians(spot.lat))
+    dy = (lat - spot.lat) * _M_PER_DEG
+    h = math.radians(spot.heading)
+    sin_h, cos_h = math.sin(h), math.cos(h)
+    return dx * sin_h + dy * cos_h, abs(dx * cos_h - dy * sin_h)
+
+
+def _cells(lat: float, lon: float, heading: float) -> tuple[str, ...]:
+    out: list[str] = []
+    for d in _SAMPLE_M:
+        if d == 0.0:
+            c = geo.cell(lat, lon, CELL_RES)
+        else:
+            c = geo.cell(*geo.destination(lat, lon, heading if d > 0 else heading + 180.0, abs(d)), CELL_RES)
+        if c not in out:
+            out.append(c)
+    return tuple(out)
+
+
+class Spots:
+    """Stopped devices and what passes them; :meth:`see` is called for every ping of a watched cell."""
+
+    def __init__(self) -> None:
+        self.by_device: dict[str, Spot] = {}
+        self.by_cell: dict[str, dict[str, Spot]] = {}
+        # where stops started lately, per res-9 cell: (since_ts, lat, lon, heading, device)
+        self.history: dict[str, list[tuple[float, float, float, float, str]]] = {}
+        self._disks: dict[str, list[str]] = {}  # a cell → it and its neighbours (a cache)
+
+    def place(self, device: str, lat: float, lon: float, heading: float, since_ts: float, now: float) -> None:
+        """The device stands (since ``since_ts``) at its stop's centroid; passers are kept for the same stop."""
+        old = self.by_device.get(device)
+        if old is not None and old.since_ts == since_ts:
+            old.seen = now
+            if geo.distance_m(old.lat, old.lon, lat, lon) < 5.0:
+                return
+            passers, behind = old.passers, old.behind
+            usual = old.usual or self._usual(device, lat, lon, heading, since_ts)
+        else:
+            passers, behind, usual = set(), set(), self._usual(device, lat, lon, heading, since_ts)
+            self.history.setdefault(geo.cell(lat, lon, CELL_RES), []).append((since_ts, lat, lon, heading, device))
+        self.lift(device)
+        spot = Spot(device, lat, lon, heading, since_ts, _cells(lat, lon, heading), now, usual, passers, behind)
+        self.by_device[device] = spot
+        for c in spot.cells:
+            self.by_cell.setdefault(c, {})[device] = spot
+
+    def lift(self, device: str) -> None:
+        spot = self.by_device.pop(device, None)
+        if spot is None:
+            return
+        for c in spot.cells:
+            here = self.by_cell.get(c)
+            if here is not None:
+                here.pop(device, None)
+                if not here:
+                    del self.by_cell[c]
+
+    def see(self, cell: str, device: str, ts: float, lat: float, lon: float, speed: float, heading: float) -> None:
+        """A ping in ``cell`` (only called when ``cell in self.by_cell``)."""
+        lo, hi = AHEAD_M
+        for spot in self.by_cell[cell].values():
+            if spot.device == device or ts <= spot.since_ts or device in spot.passers:
+                continue
+            if geo.angle_diff(heading, spot.heading) > SAME_DIRECTION_DEG:
+                continue
+            along, aside = offset(spot, lat, lon)
+            if aside > ASIDE_M:
+                continue
+            if -BEHIND_M <= along < 0.0:
+                spot.behind.add(device)
+            elif lo <= along <= hi and speed >= PASS_MPS and device in spot.behind:
+                spot.passers.add(device)
+
+    def around(self, device: str) -> Around | None:
+        """What surrounds the device's current stop; None if it is not standing."""
+        spot = self.by_device.get(device)
+        if spot is None:
+            return None
+        if spot.passers and not spot.usual:  # only where it matters: the cross road's stops since it stood
+            spot.usual = self._usual(device, spot.lat, spot.lon, spot.heading, spot.since_ts)
+        return Around(len(spot.passers), self._queued(spot), spot.usual)
+
+    def _queued(self, spot: Spot) -> bool:
+        return self._ahead(spot) is not None
+
+    def _ahead(self, spot: Spot) -> Spot | None:
+        """A device standing just ahead of ``spot`` (see ``queued``), if any."""
+        lo, hi = QUEUE_AHEAD_M
+        for c in spot.cells:
+            for other in self.by_cell.get(c, {}).values():
+                if other.device == spot.device or geo.angle_diff(other.heading, spot.heading) > ONCOMING_DEG:
+                    continue
+                along, aside = offset(spot, other.lat, other.lon)
+                if lo <= along <= hi and aside <= QUEUE_ASIDE_M:
+                    return other
+        return None
+
+    def queue_tail(self, device: str) -> bool:
+        """The device stands behind one that itself stands behind another: the tail of a queue.
+
+        Two vehicles that collided stand one behind the other; a third ahead of them in
+        the same line is a queue (a red light, a junction spilling back) that the last one
+        braked into.
+        """
+        spot = self.by_device.get(device)
+        first = self._ahead(spot) if spot is not None else None
+        return first is not None and self._ahead(first) is not None
+
+    def _usual(self, device: str, lat: float, lon: float, heading: float, since_ts: float) -> bool:
+        """Others stopped here: before it in its direction or across it, or since it stood across it.
+
+        The cars that stop behind a stalled car come after it, in its direction; a stop across its
+        direction is the cross road's, whenever it happened.
+        """
+        home = geo.cell(lat, lon, CELL_RES)
+        disk = self._disks.get(home)
+        if disk is None:  # a stop-and-go road starts stops in the same cells over and over
+            if len(self._disks) > 100_000:
+                self._disks.clear()
+            disk = self._disks[home] = h3.grid_disk(home, 1)
+        # its own earlier stops here count as its start: a stop restarted (GPS jitter, a coverage gap)
+        # would otherwise find the queue that formed behind it "before" it
+        first = since_ts
+        others: list[tuple[float, float, str]] = []
+        for c in disk:
+            for h_since, h_lat, h_lon, h_heading, h_device in self.history.get(c, ()):
+                if h_since < since_ts - HISTORY_S or geo.distance_m(h_lat, h_lon, lat, lon) > USUAL_M:
+                    continue
+                if h_device == device:
+                    first = min(first, h_since)
+                else:
+                    others.append((h_since, geo.angle_diff(h_heading, heading), h_device))
+        seen = {
+            d for h_since, turn, d in others if turn <= USUAL_DEG and (h_since < first or turn > SAME_DIRECTION_DEG)
+        }
+        return len(seen) >= USUAL_MIN
+
+    def standing(self, devices: Iterable[str]) -> dict[str, Spot]:
+        """The spots of the standing devices of ``devices`` (e.g. the vehicles of a crash area)."""
+        by_device = self.by_device
+        return {d: s for d in devices if (s := by_device.get(d)) is not None}
+
+    def expire(self, now: float, quiet_s: float) -> None:
+        """Lift the spots of devices not heard standing for ``quiet_s`` (they left unseen or went quiet)."""
+        for d in [d for d, s in self.by_device.items() if now - s.seen > quiet_s]:
+            self.lift(d)
+        # event time and `now` differ by the pipeline's latency only: good enough to prune by
+        for c in list(self.history):
+            kept = [h for h in self.history[c] if now - h[0] <= HISTORY_S + quiet_s]
+            if kept:
+                self.history[c] = kept
+            else:
+                del self.history[c]
+
+    def clear(self) -> None:
+        """Forget every spot (after a rebalance: the live pings place them again)."""
+        self.by_device.clear()
+        self.by_cell.clear()
+        self.history.clear()
