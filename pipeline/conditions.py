@@ -26,6 +26,7 @@ DEFAULT_FREE_FLOW_MPS = 13.9
 MATERIAL_SPEED_CHANGE = 0.15
 HEARTBEAT_S = 60.0
 _NO_FREE_FLOW: Mapping[int, float] = {}  # read only
+_DEFAULT_FREE_FLOW_R2 = round(DEFAULT_FREE_FLOW_MPS, 2)  # not a quarter: round2 would round it each time
 
 
 def level_for(ratio: float) -> int:
@@ -141,7 +142,7 @@ def build_condition(
                 "p85_mps": p85 if (p85 * 4.0).is_integer() else round(p85, 2),
                 "samples": s.samples,
                 "devices": s.devices,
-                "free_flow_mps": round2(ff),
+                "free_flow_mps": _DEFAULT_FREE_FLOW_R2 if ff == DEFAULT_FREE_FLOW_MPS else round2(ff),
                 "level": level,
                 "jam_factor": jam,
             }
@@ -199,8 +200,12 @@ def digest(cond: Mapping[str, Any]) -> Digest:
         float(cond["updated_at"]),
         list(cond["incidents"]),
         cond["level"],
-        tuple((o["sector"], o["level"], max(float(o["median_mps"]), 0.5)) for o in cond["sectors"]),
+        tuple([(o["sector"], o["level"], _at_least_half(float(o["median_mps"]))) for o in cond["sectors"]]),
     )
+
+
+def _at_least_half(m: float) -> float:
+    return 0.5 if m < 0.5 else m  # max(m, 0.5), the same float (a NaN too)
 
 
 def settled(

@@ -194,11 +194,10 @@ class Pacing:
     def _evaluate(self, cell: str, now: float, out: list[Record], rescan: bool) -> None:
         self.evaluated_at[cell] = now
         w = self.cells.values.get(cell)
-        published = self._condition(cell, w, now, out, rescan)
-        if published:
+        if self._condition(cell, w, now, out, rescan):  # published
             self.known.pop(cell, None)
-            n = self.evaluated_n.get(cell)
             if w is not None:
+                n = self.evaluated_n.get(cell)
                 # the engine puts the cell in ``pending`` again only once enough is new for _triage
                 # to pick it: most touched cells are published and busy, and triaging them at every
                 # tick cost a tenth of the worker at 30,000 pings/s
