@@ -279,7 +279,7 @@ def next_version(prev: int, now: float) -> int:
 _HEADINGS = {sec: geo.sector_heading(sec) for sec in range(1, geo.SECTORS)}  # 0.0 (sector 0) falls through
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 14)  # ~3 MB at most: the busy cells, re-published every minute
 def _center(cell: str) -> tuple[float, float]:
     """geo.cell_center, remembered: a busy cell is published again every minute or sooner."""
     return geo.cell_center(cell)
