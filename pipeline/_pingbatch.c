@@ -510,25 +510,43 @@ static PyTypeObject BatchType = {
 /* A device id's canonical str, looked up by the record's bytes, and the cell of its last ping.
  *
  * Going through the device cache costs a str made, hashed and freed a ping; H3 ~0.6 µs. This
- * direct-mapped table (a slot per hash of the id's bytes, a clash replaces) gives the cache's
- * str without making one, and the device's previous cell as the hint of ``cell_hinted``
- * (pipeline/ingest/_h3skip.c: a phone ~15-75 m from its last ping is mostly still in its res-9
- * cell, confirmed by a point-in-cell test, else H3). A slot holds strong references; it is
- * emptied when _records.c clears the cache it mirrors, so its str is always the cache's. */
+ * open-addressing table (linear probing, never a removal: it only grows, and is emptied whole)
+ * gives the cache's str without making one, and the device's previous cell as the hint of
+ * ``cell_hinted`` (pipeline/ingest/_h3skip.c: a phone a few seconds from its last ping is mostly
+ * still in its res-9 cell, confirmed by a point-in-cell test, else H3). A slot holds strong
+ * references; the table is emptied when _records.c clears the cache it mirrors (at CACHE_MAX
+ * devices, so it stays below 2 * CACHE_MAX slots), and so its str is always the cache's. */
 typedef struct {
-    uint64_t hash; /* of the id's bytes; 0: empty */
-    PyObject *dev; /* owned: the device cache's str for the id */
+    uint64_t hash;  /* of the id's bytes; 0: empty */
+    PyObject *dev;  /* owned: the device cache's str for the id */
     PyObject *cell; /* owned: the str of h3 (NULL: none yet) */
     uint64_t h3;
 } DevSlot;
 
-#define DEV_SLOTS_LOG2 17
 static DevSlot *dev_slots = NULL;
+static size_t dev_mask = 0, dev_used = 0;
+static int dev_shift = 64;
 
-/* _records.c empties the table when it clears its device cache (cells too) or its cell cache */
+static int dev_alloc(size_t cap) {
+    DevSlot *t = PyMem_RawCalloc(cap, sizeof(DevSlot));
+    if (t == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    dev_slots = t;
+    dev_mask = cap - 1;
+    int bits = 0;
+    while (((size_t)1 << bits) < cap) bits++;
+    dev_shift = 64 - bits;
+    return 0;
+}
+
+static inline size_t dev_home(uint64_t h) { return (size_t)((h * 0x9E3779B97F4A7C15ull) >> dev_shift); }
+
+/* _records.c empties the table's cells when it clears its cell cache, all of it with its device cache */
 void pingbatch_forget(int devices) {
     if (dev_slots == NULL) return;
-    for (size_t i = 0; i < ((size_t)1 << DEV_SLOTS_LOG2); i++) {
+    for (size_t i = 0; i <= dev_mask; i++) {
         DevSlot *e = &dev_slots[i];
         Py_CLEAR(e->cell);
         e->h3 = 0;
@@ -537,6 +555,21 @@ void pingbatch_forget(int devices) {
             e->hash = 0;
         }
     }
+    if (devices) dev_used = 0;
+}
+
+static int dev_grow(void) {
+    DevSlot *old = dev_slots;
+    size_t cap = dev_mask + 1;
+    if (dev_alloc(cap * 2) < 0) return -1;
+    for (size_t i = 0; i < cap; i++) {
+        if (old[i].hash == 0) continue;
+        size_t j = dev_home(old[i].hash);
+        while (dev_slots[j].hash != 0) j = (j + 1) & dev_mask;
+        dev_slots[j] = old[i];
+    }
+    PyMem_RawFree(old);
+    return 0;
 }
 
 static inline uint64_t hash_bytes(const char *s, Py_ssize_t n) {
@@ -545,24 +578,31 @@ static inline uint64_t hash_bytes(const char *s, Py_ssize_t n) {
     return h ? h : 1;
 }
 
-/* The slot of the device id s[0..n) (ASCII), filled with its canonical str; NULL on error. */
+/* The slot of the device id s[0..n) (ASCII), holding its canonical str; NULL on error. */
 static DevSlot *device_slot(const char *s, Py_ssize_t n) {
     uint64_t h = hash_bytes(s, n);
-    DevSlot *e = &dev_slots[(h * 0x9E3779B97F4A7C15ull) >> (64 - DEV_SLOTS_LOG2)];
-    if (e->hash == h && e->dev != NULL && PyUnicode_GET_LENGTH(e->dev) == n &&
-        memcmp(PyUnicode_DATA(e->dev), s, (size_t)n) == 0)
-        return e; /* the canonical str of an ASCII id is compact ASCII: its data is these bytes */
+    size_t i = dev_home(h);
+    for (DevSlot *e = &dev_slots[i]; e->hash != 0; e = &dev_slots[i = (i + 1) & dev_mask])
+        if (e->hash == h && PyUnicode_GET_LENGTH(e->dev) == n && memcmp(PyUnicode_DATA(e->dev), s, (size_t)n) == 0)
+            return e; /* the canonical str of an ASCII id is compact ASCII: its data is these bytes */
     PyObject *str = PyUnicode_New(n, 127);
     if (str == NULL) return NULL;
     memcpy(PyUnicode_1BYTE_DATA(str), s, (size_t)n);
     PyObject *canon = records_device(str); /* may clear the cache, and so the table */
     Py_DECREF(str);
     if (canon == NULL) return NULL;
-    Py_XDECREF(e->dev);
-    Py_CLEAR(e->cell);
-    e->dev = canon;
+    if ((dev_used + 1) * 2 > dev_mask + 1 && dev_grow() < 0) {
+        Py_DECREF(canon);
+        return NULL;
+    }
+    i = dev_home(h);
+    while (dev_slots[i].hash != 0) i = (i + 1) & dev_mask;
+    DevSlot *e = &dev_slots[i];
     e->hash = h;
+    e->dev = canon;
+    e->cell = NULL;
     e->h3 = 0;
+    dev_used++;
     return e;
 }
 
@@ -584,7 +624,7 @@ static int intern_all(Parsed *ps, int res) {
         }
         p->cell = records_cell_str(h); /* may clear the cell cache, and the table's cells */
         if (p->cell == NULL) return -1;
-        if (e->dev == p->dev) { /* still the slot of this device */
+        if (e->dev == p->dev) { /* still the slot of this device (the table was not emptied) */
             Py_XSETREF(e->cell, Py_NewRef(p->cell));
             e->h3 = h;
         }
@@ -654,11 +694,7 @@ int pingbatch_add(PyObject *module) {
     for (int i = PB_DRIVING; i <= PB_PARKED; i++)
         if ((state_names[i] = PyUnicode_InternFromString(STATE_TEXT[i])) == NULL) return -1;
     if (h3skip_init() < 0) return -1;
-    dev_slots = PyMem_RawCalloc((size_t)1 << DEV_SLOTS_LOG2, sizeof(DevSlot)); /* pages touched as devices come */
-    if (dev_slots == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    if (dev_alloc(4096) < 0) return -1;
     if (PyType_Ready(&BatchType) < 0) return -1;
     if (PyModule_AddObjectRef(module, "PingBatch", (PyObject *)&BatchType) < 0) return -1;
     return PyModule_AddFunctions(module, functions);

@@ -359,6 +359,23 @@ def test_a_ping_is_one_dict_made_when_asked_for() -> None:
     assert all(a["device_id"] is b["device_id"] and a["cell"] is b["cell"] for a, b in zip(batch, ref, strict=True))
 
 
+def test_device_ids_stay_the_caches_objects_past_a_grown_table_and_a_cleared_cache() -> None:
+    """Enough distinct devices to grow the by-bytes table many times and pass the cache's bound (200,000)."""
+    rng = random.Random(11)
+    for r in range(420):
+        items = _good(500, rng)
+        for i, p in enumerate(items):
+            p["device_id"] = f"many-{r}-{i}"
+        raw = pings.encode_record(KEY, items, NOW)
+        _, _, batch = pings.decode_batch(raw)
+        assert isinstance(batch, PingBatch)
+        if r % 20 == 0 or r > 390:  # the clear comes near 400 x 500 (earlier tests' devices count too)
+            _, _, ref = pings.decode_record(raw)
+            assert list(batch) == ref  # a clear half way through gives some other (equal) objects
+            again = pings.decode_batch(raw)[2]
+            assert all(a["device_id"] is b["device_id"] for a, b in zip(again, ref, strict=True))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from([1, 2, 2.0, 3.5, -0.0, 0, 1e9, 2.5]), min_size=1, max_size=30))
 def test_sorted_by_ts_is_sorteds_stable_order(tss: list[float]) -> None:
