@@ -11,7 +11,7 @@ def scan(
 ) -> tuple[int, list[tuple[int, int, bytes]]] | None: ...
 
 def cell_hinted(lat: float, lon: float, res: int, hint: int, /) -> int:
-    """The ``res`` cell of the point (an int): ``hint`` confirmed without H3 when surely inside it (any hint is safe)."""
+    """The ``res`` cell of the point (an int): ``hint`` confirmed without H3 when surely inside it (any is safe)."""
 
 def cell_stats() -> tuple[int, int, int]:
     """(pings keyed by the previous ping's cell without H3, pings keyed by H3, cell shapes made), since import."""
