@@ -536,8 +536,19 @@ static PyObject *sector_stats(int64_t sec, const Agg *a, const Agg *b) {
     PyObject *args[6] = {PyLong_FromLongLong(sec), PyFloat_FromDouble(total / (double)n), PyFloat_FromDouble(q[0]),
                          PyFloat_FromDouble(q[1]), PyLong_FromLongLong(n), PyLong_FromSsize_t(devices)};
     PyObject *r = NULL;
-    if (args[0] && args[1] && args[2] && args[3] && args[4] && args[5])
-        r = PyObject_Vectorcall(SectorStatsCls, args, 6, NULL);
+    if (args[0] && args[1] && args[2] && args[3] && args[4] && args[5]) {
+        PyTypeObject *t = (PyTypeObject *)SectorStatsCls;
+        if (PyType_IsSubtype(t, &PyTuple_Type)) {
+            /* a NamedTuple: filled in place, as its __new__ would (a Python call saved a sector) */
+            r = t->tp_alloc(t, 6);
+            if (r != NULL) {
+                for (int i = 0; i < 6; i++) PyTuple_SET_ITEM(r, i, args[i]);
+                return r;
+            }
+        } else {
+            r = PyObject_Vectorcall(SectorStatsCls, args, 6, NULL);
+        }
+    }
     for (int i = 0; i < 6; i++) Py_XDECREF(args[i]);
     return r;
 }

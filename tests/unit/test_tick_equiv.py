@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -260,7 +260,7 @@ def test_readings_unchanged_and_the_message_match_the_reference(
 ) -> None:
     """``after`` is either other sectors or ``before``'s moved by ``drift`` (around the 15 % rule)."""
     if drift is not None:
-        after = {sec: replace(s, median_mps=s.median_mps * drift) for sec, s in before.items()}
+        after = {sec: s._replace(median_mps=s.median_mps * drift) for sec, s in before.items()}
         inc1 = inc0 if dt < 80 else inc1
     now = T0 + dt
     prev = ref.build_condition(
@@ -302,6 +302,6 @@ def test_the_drifted_cases_do_reach_unchanged() -> None:
     assert prev is not None
     for drift, same in ((1.149, True), (1.151, False), (0.851, True), (0.849, False)):
         rs = conditions.readings(
-            {2: replace(before[2], median_mps=15.0 * drift)}, min_devices=3, free_flow={2: 40.0}, closed=False
+            {2: before[2]._replace(median_mps=15.0 * drift)}, min_devices=3, free_flow={2: 40.0}, closed=False
         )
         assert conditions.unchanged(prev, rs, [], T0 + 1.0) is same
