@@ -118,6 +118,15 @@ class PartitionedState(Generic[T]):
                 self.partition_of.update(dict.fromkeys(new, partition))
             self.dirty.setdefault(partition, set()).update(keys)
 
+    def mark_known(self, keys: set[str], partition: int) -> None:
+        """:meth:`touch` for keys whose partition is already noted (put, got, or noted by the caller).
+
+        The speed windows of a record: ~64 cells, each a look-up in a dict of every cell when
+        :meth:`touch` checks for new ones (~2 % of a busy worker).
+        """
+        if keys:
+            self.dirty.setdefault(partition, set()).update(keys)
+
     def mark(self, key: str) -> None:
         """Note that ``key`` changed (e.g. a timer expired part of it)."""
         p = self.partition_of.get(key)

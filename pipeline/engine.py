@@ -263,14 +263,20 @@ class Engine:
             for fact in facts:
                 if not isinstance(fact, motion.HardBrake):  # a brake alone is not yet a candidate
                     self._crash_fact(fact, k7, partition, now, out)
-        cells.touch(touched_cells, partition)
+        cells.mark_known(touched_cells, partition)
         devices.touch(touched_devices, partition)
         self.pings += len(batch) - duplicates
         self.duplicates += duplicates
         return out
 
     def _window_of(self, cell: str, partition: int) -> CellSpeedWindow:
-        return self.cells.get(cell, partition) or CellSpeedWindow()
+        # every window add_pings puts in ``values`` comes from here: its partition is noted now, so the
+        # per-record mark (cells.mark_known) need not look each touched cell up in partition_of
+        got = self.cells.get(cell, partition)
+        if got is None:
+            got = CellSpeedWindow()
+            self.cells.partition_of[cell] = partition
+        return got
 
     def on_report(self, key7: str, rec: Any, partition: int, now: float) -> Output:
         """One record of ``traverz.reports.v1`` (``kind`` report or vote)."""

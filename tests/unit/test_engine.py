@@ -683,3 +683,15 @@ def test_an_incident_whose_position_moves_into_another_cell_leaves_the_old_one()
     assert run.conditions[moved["cell"]] is not None and run.conditions[moved["cell"]]["level"] == 5
     assert run.conditions.get(here) is None or opened["id"] not in run.conditions[here]["incidents"]
     assert opened["id"] not in (run.engine.active.values.get(here) or {})
+
+
+def test_a_new_cells_window_belongs_to_its_records_partition_and_goes_with_it() -> None:
+    """Windows are marked dirty without a per-cell partition look-up (cells.mark_known): the new ones note theirs."""
+    run = Run()
+    run.feed([run.ping(f"d{i}", LAT, LON, 12.0) for i in range(4)], partition=3)
+    cell = geo.cell(LAT, LON, 9)
+    eng = run.engine
+    assert cell in eng.cells.values and eng.cells.partition_of[cell] == 3
+    assert eng.cells.table.read(3, cell.encode()) is not None  # written back to partition 3's table
+    eng.forget_partitions([0, 1, 2])  # partition 3 revoked: its windows go with it
+    assert cell not in eng.cells.values
