@@ -155,14 +155,22 @@ static int grow(void **arr, Py_ssize_t *cap, Py_ssize_t need, size_t size) {
     return 0;
 }
 
+#define IDX_EMPTY UINT64_MAX
+#define IDX_TAG(h) ((uint64_t)(h) >> 32 << 32)
+#define IDX_SLOT(h, ix) (IDX_TAG(h) | (uint32_t)(ix))
+
 Py_ssize_t seen_lookup(Win *w, PyObject *dev, Py_hash_t h) {
     if (w->index == NULL) return -1;
     size_t m = w->idxmask, i = (size_t)h & m;
+    uint64_t tag = IDX_TAG(h);
     for (;;) {
-        int32_t ix = w->index[i];
-        if (ix < 0) return -1;
-        Seen *e = &w->seen[ix];
-        if (e->dev == dev || (e->hash == h && str_eq(e->dev, dev))) return ix;
+        uint64_t v = w->index[i];
+        if (v == IDX_EMPTY) return -1;
+        if ((v >> 32 << 32) == tag) {
+            Py_ssize_t ix = (Py_ssize_t)(uint32_t)v;
+            Seen *e = &w->seen[ix];
+            if (e->dev == dev || (e->hash == h && str_eq(e->dev, dev))) return ix;
+        }
         i = (i + 1) & m;
     }
 }
@@ -172,17 +180,17 @@ static int reindex(Win *w, size_t slots) {
     w->index = NULL;
     w->idxmask = 0;
     if (slots == 0) return 0;
-    int32_t *ix = PyMem_Malloc(slots * sizeof(int32_t));
+    uint64_t *ix = PyMem_Malloc(slots * sizeof(uint64_t));
     if (ix == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    memset(ix, 0xff, slots * sizeof(int32_t));
+    memset(ix, 0xff, slots * sizeof(uint64_t)); /* IDX_EMPTY */
     size_t m = slots - 1;
     for (Py_ssize_t k = 0; k < w->nseen; k++) {
         size_t i = (size_t)w->seen[k].hash & m;
-        while (ix[i] >= 0) i = (i + 1) & m;
-        ix[i] = (int32_t)k;
+        while (ix[i] != IDX_EMPTY) i = (i + 1) & m;
+        ix[i] = IDX_SLOT(w->seen[k].hash, k);
     }
     w->index = ix;
     w->idxmask = m;
@@ -216,8 +224,8 @@ Seen *seen_append(Win *w, PyObject *dev, Py_hash_t h) {
         }
     } else {
         size_t m = w->idxmask, i = (size_t)h & m;
-        while (w->index[i] >= 0) i = (i + 1) & m;
-        w->index[i] = (int32_t)(w->nseen - 1);
+        while (w->index[i] != IDX_EMPTY) i = (i + 1) & m;
+        w->index[i] = IDX_SLOT(h, w->nseen - 1);
     }
     return e;
 }
