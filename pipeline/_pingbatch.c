@@ -43,6 +43,7 @@
  */
 #define PINGBATCH_OWNER /* the type is this file's */
 #include "_pingbatch.h"
+#include "_jsonnum.h"
 #include <float.h>
 #include <math.h>
 #include <string.h>
@@ -112,107 +113,22 @@ static inline int key_of(const char *k, Py_ssize_t n) {
 #undef IS
 }
 
-/* Clinger's fast path needs each double operation rounded once (not through a wider register) */
-#define EXACT_DOUBLE_OPS (FLT_EVAL_METHOD == 0)
-
-static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
-                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-
-#if LDBL_MANT_DIG >= 64
-static const long double LPOW10[] = {1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
-                                     1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
-                                     1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
-#endif
-
-/* m / 10^k correctly rounded, for m < 2^64 and k <= 27 (as pipeline/ingest/_fastpings.c): one
- * long double division of exact operands is within half its ulp of the true quotient, so unless
- * it lies within an ulp of a midpoint between two doubles, the true quotient rounds to the same
- * double. 0 near a midpoint, or where long double has no 64-bit mantissa. */
-static int wide(uint64_t m, int k, double *out) {
-#if LDBL_MANT_DIG >= 64
-    long double q = (long double)m / LPOW10[k];
-    double d = (double)q;
-    if (d == 0.0 || !isfinite(d)) return 0;
-    long double tol = fabsl(q) * LDBL_EPSILON * 2.0L;
-    long double lo = ((long double)d + (long double)nextafter(d, 0.0)) / 2.0L;
-    long double hi = ((long double)d + (long double)nextafter(d, HUGE_VAL)) / 2.0L;
-    if (fabsl(q - lo) <= tol || fabsl(q - hi) <= tol) return 0;
-    *out = d;
-    return 1;
-#else
-    (void)m, (void)k, (void)out;
-    return 0;
-#endif
-}
 
 /* A JSON number at the cursor, exactly as orjson reads it: 1 with its double (*integer: it was an
  * integer literal, whose value *iv is below 2**53 in magnitude, the double exact and -0 read as
  * 0); 0 when it is not a JSON number or this parser cannot give orjson's value for sure. */
 static int number(Cursor *c, double *value, int *integer, int64_t *iv) {
-    const char *q = c->p, *e = c->end;
-    int neg = 0, sig = 0, dropped = 0;
-    long exp10 = 0;
-    uint64_t m = 0;
-    if (q < e && *q == '-') {
-        neg = 1;
-        q++;
-    }
-    if (q >= e) return 0;
-    if (*q == '0') {
-        q++;
-    } else if (*q >= '1' && *q <= '9') {
-        for (; q < e && *q >= '0' && *q <= '9'; q++) {
-            if (sig < 19) {
-                m = m * 10 + (uint64_t)(*q - '0');
-                sig++;
-            } else {
-                exp10++;
-                dropped = 1;
-            }
-        }
-    } else {
-        return 0;
-    }
-    *integer = 1;
-    if (q < e && *q == '.') {
-        *integer = 0;
-        q++;
-        if (q >= e || *q < '0' || *q > '9') return 0;
-        for (; q < e && *q >= '0' && *q <= '9'; q++) {
-            if (sig < 19) {
-                m = m * 10 + (uint64_t)(*q - '0');
-                exp10--;
-                if (m) sig++; /* a fraction's leading zeros are not significant */
-            } else {
-                dropped = 1;
-            }
-        }
-    }
-    if (q < e && (*q == 'e' || *q == 'E')) {
-        *integer = 0;
-        q++;
-        int eneg = 0;
-        long ev = 0;
-        if (q < e && (*q == '+' || *q == '-')) eneg = *q++ == '-';
-        if (q >= e || *q < '0' || *q > '9') return 0;
-        for (; q < e && *q >= '0' && *q <= '9'; q++)
-            if (ev < 100000) ev = ev * 10 + (*q - '0');
-        exp10 += eneg ? -ev : ev;
-    }
-    if (*integer) {
-        if (dropped || m >= EXACT_MAX) return 0; /* a Python int the structs cannot hold exactly */
-        *iv = neg ? -(int64_t)m : (int64_t)m;
+    JsonNum n;
+    if (!json_number_scan(c->p, c->end, &n)) return 0;
+    *integer = n.integer;
+    if (n.integer) {
+        if (n.dropped || n.m >= EXACT_MAX) return 0; /* a Python int the structs cannot hold exactly */
+        *iv = n.neg ? -(int64_t)n.m : (int64_t)n.m;
         *value = (double)*iv; /* "-0" is the int 0: +0.0, as float(0) */
-    } else if (EXACT_DOUBLE_OPS && !dropped && m <= EXACT_MAX && exp10 >= -22 && exp10 <= 22) {
-        double d = (double)m;
-        d = exp10 < 0 ? d / POW10[-exp10] : d * POW10[exp10];
-        *value = neg ? -d : d;
-    } else if (!dropped && exp10 >= -27 && exp10 <= 0 && wide(m, (int)-exp10, value)) {
-        if (neg) *value = -*value; /* 16 to 19 digits: a double's shortest repr */
-    } else {
+    } else if (!json_double_fast(&n, value)) {
         return 0;
     }
-    c->p = q;
+    c->p = n.end;
     return 1;
 }
 

@@ -27,6 +27,7 @@
  * _batchwire.c (Kafka record batches and their CRC32C).
  */
 #include "_fastpings.h"
+#include "../_jsonnum.h"
 #include <stdint.h>
 #include <float.h>
 #include <math.h>
@@ -103,39 +104,6 @@ static int plain_string(Cursor *c, const char **s, Py_ssize_t *n) {
     return 1;
 }
 
-/* Clinger's fast path needs each double operation rounded once (not through a wider register) */
-#define EXACT_DOUBLE_OPS (FLT_EVAL_METHOD == 0)
-
-static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
-                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-
-#if LDBL_MANT_DIG >= 64
-static const long double LPOW10[] = {1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
-                                     1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
-                                     1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
-#endif
-
-/* m / 10^k correctly rounded to a double, for m < 2^64 and k <= 27, through one long double
- * division (m and 5^k, so 10^k, are exact in a 64-bit mantissa): the long double quotient is
- * within half its ulp of the true one, so unless it lies within an ulp of a midpoint between two
- * doubles, the true quotient rounds to the same double. 0 (the caller parses exactly) near a
- * midpoint, or where long double has no 64-bit mantissa. */
-static int wide(uint64_t m, int k, double *out) {
-#if LDBL_MANT_DIG >= 64
-    long double q = (long double)m / LPOW10[k];
-    double d = (double)q;
-    if (d == 0.0 || !isfinite(d)) return 0;
-    long double tol = fabsl(q) * LDBL_EPSILON * 2.0L;
-    long double lo = ((long double)d + (long double)nextafter(d, 0.0)) / 2.0L;
-    long double hi = ((long double)d + (long double)nextafter(d, HUGE_VAL)) / 2.0L;
-    if (fabsl(q - lo) <= tol || fabsl(q - hi) <= tol) return 0;
-    *out = d;
-    return 1;
-#else
-    (void)m, (void)k, (void)out;
-    return 0;
-#endif
-}
 
 /* A JSON number (RFC 8259 grammar) at the cursor: its text, its double, whether it is an integer
  * literal and, for an unsigned integer literal of at most 19 digits, its value (else UINT64_MAX).
@@ -144,66 +112,14 @@ static int wide(uint64_t m, int k, double *out) {
  * correctly rounding parser otherwise. Past the double range it is +-inf, which every range
  * check refuses. 1: parsed; 0: not a JSON number, or one CPython's parser does not take. */
 static int number(Cursor *c, const char **text, uint32_t *len, double *value, int *integer, uint64_t *uint) {
-    const char *s = c->p, *q = s, *e = c->end;
-    int neg = 0, sig = 0, dropped = 0;
-    long exp10 = 0;
-    uint64_t m = 0;
-    if (q < e && *q == '-') {
-        neg = 1;
-        q++;
-    }
-    if (q >= e) return 0;
-    if (*q == '0') {
-        q++;
-    } else if (*q >= '1' && *q <= '9') {
-        for (; q < e && *q >= '0' && *q <= '9'; q++) {
-            if (sig < 19) {
-                m = m * 10 + (uint64_t)(*q - '0');
-                sig++;
-            } else {
-                exp10++;
-                dropped = 1;
-            }
-        }
-    } else {
-        return 0;
-    }
-    *integer = 1;
-    if (q < e && *q == '.') {
-        *integer = 0;
-        q++;
-        if (q >= e || *q < '0' || *q > '9') return 0;
-        for (; q < e && *q >= '0' && *q <= '9'; q++) {
-            if (sig < 19) {
-                m = m * 10 + (uint64_t)(*q - '0');
-                exp10--;
-                if (m) sig++; /* a fraction's leading zeros are not significant */
-            } else {
-                dropped = 1;
-            }
-        }
-    }
-    if (q < e && (*q == 'e' || *q == 'E')) {
-        *integer = 0;
-        q++;
-        int eneg = 0;
-        long ev = 0;
-        if (q < e && (*q == '+' || *q == '-')) eneg = *q++ == '-';
-        if (q >= e || *q < '0' || *q > '9') return 0;
-        for (; q < e && *q >= '0' && *q <= '9'; q++)
-            if (ev < 100000) ev = ev * 10 + (*q - '0');
-        exp10 += eneg ? -ev : ev;
-    }
+    const char *s = c->p;
+    JsonNum n;
+    if (!json_number_scan(s, c->end, &n)) return 0;
+    *integer = n.integer;
     *text = s;
-    *len = (uint32_t)(q - s);
-    *uint = (neg || dropped || !*integer) ? UINT64_MAX : m;
-    if (EXACT_DOUBLE_OPS && !dropped && m <= (UINT64_C(1) << 53) && exp10 >= -22 && exp10 <= 22) {
-        double d = (double)m;
-        d = exp10 < 0 ? d / POW10[-exp10] : d * POW10[exp10];
-        *value = neg ? -d : d;
-    } else if (!dropped && exp10 >= -27 && exp10 <= 0 && wide(m, (int)-exp10, value)) {
-        if (neg) *value = -*value; /* 16 to 19 digits, as phones write a double's shortest repr */
-    } else {
+    *len = (uint32_t)(n.end - s);
+    *uint = (n.neg || n.dropped || !n.integer) ? UINT64_MAX : n.m;
+    if (!json_double_fast(&n, value)) {
         /* the body is a bytes object, so NUL-terminated, and the number ends at a byte its
          * grammar refuses: the parser stops where the JSON number does */
         char *stop;
@@ -212,9 +128,9 @@ static int number(Cursor *c, const char **text, uint32_t *len, double *value, in
             PyErr_Clear(); /* e.g. more digits than CPython's parser takes: the reference path decides */
             return 0;
         }
-        if (stop != q) return 0;
+        if (stop != n.end) return 0;
     }
-    c->p = q;
+    c->p = n.end;
     return 1;
 }
 
