@@ -43,7 +43,7 @@
  */
 #define PINGBATCH_OWNER /* the type is this file's */
 #include "_pingbatch.h"
-#include "_jsonnum.h"
+#include "_jsonread.h"
 #include <float.h>
 #include <math.h>
 #include <string.h>
@@ -65,38 +65,6 @@ static PyTypeObject BatchType;
 
 /* -- the parser ------------------------------------------------------------------------------ */
 
-typedef struct {
-    const char *p, *end;
-} Cursor;
-
-static inline void skip_ws(Cursor *c) {
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t')) c->p++;
-}
-
-static inline int eat(Cursor *c, char ch) {
-    skip_ws(c);
-    if (c->p < c->end && *c->p == ch) {
-        c->p++;
-        return 1;
-    }
-    return 0;
-}
-
-/* A string without escapes, control or non-ASCII bytes (the opening quote is next): its inside. */
-static inline int plain_string(Cursor *c, const char **s, Py_ssize_t *n) {
-    if (c->p >= c->end || *c->p != '"') return 0;
-    const char *q = ++c->p;
-    while (q < c->end && *q != '"') {
-        unsigned char b = (unsigned char)*q;
-        if (b < 0x20 || b >= 0x80 || b == '\\') return 0;
-        q++;
-    }
-    if (q >= c->end) return 0;
-    *s = c->p;
-    *n = q - c->p;
-    c->p = q + 1;
-    return 1;
-}
 
 /* Which ping key (-1: none): by its length, then one comparison of known length. */
 static inline int key_of(const char *k, Py_ssize_t n) {

@@ -27,7 +27,7 @@
  * _batchwire.c (Kafka record batches and their CRC32C).
  */
 #include "_fastpings.h"
-#include "../_jsonnum.h"
+#include "../_jsonread.h"
 #include <stdint.h>
 #include <float.h>
 #include <math.h>
@@ -56,9 +56,6 @@ typedef struct {
     uint64_t key; /* the key_res parent of its cell_res cell */
 } Ping;
 
-typedef struct {
-    const char *p, *end;
-} Cursor;
 
 /* Which field a key names (-1: none): by its length, then one comparison of known length. */
 static inline int field_of(const char *k, Py_ssize_t n) {
@@ -75,34 +72,6 @@ static inline int field_of(const char *k, Py_ssize_t n) {
 #undef IS
 }
 
-static inline void skip_ws(Cursor *c) {
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t')) c->p++;
-}
-
-static inline int eat(Cursor *c, char ch) {
-    skip_ws(c);
-    if (c->p < c->end && *c->p == ch) {
-        c->p++;
-        return 1;
-    }
-    return 0;
-}
-
-/* A string without escapes, control or non-ASCII bytes (the opening quote is next): its inside. */
-static int plain_string(Cursor *c, const char **s, Py_ssize_t *n) {
-    if (c->p >= c->end || *c->p != '"') return 0;
-    const char *q = ++c->p;
-    while (q < c->end && *q != '"') {
-        unsigned char b = (unsigned char)*q;
-        if (b < 0x20 || b >= 0x80 || b == '\\') return 0;
-        q++;
-    }
-    if (q >= c->end) return 0;
-    *s = c->p;
-    *n = q - c->p;
-    c->p = q + 1;
-    return 1;
-}
 
 
 /* A JSON number (RFC 8259 grammar) at the cursor: its text, its double, whether it is an integer

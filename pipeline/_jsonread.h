@@ -1,12 +1,49 @@
-/* JSON numbers read exactly as orjson reads them: the grammar scan and the correctly rounded fast
- * paths, shared by the ingest's body scan (pipeline/ingest/_fastpings.c) and the stream side's
- * record decode (pipeline/_pingbatch.c). Header-only: each extension compiles its own copy. */
-#ifndef TRAVERZ_JSONNUM_H
-#define TRAVERZ_JSONNUM_H
+/* Reading the restricted JSON our fast paths take — a cursor, whitespace, plain strings — and JSON
+ * numbers exactly as orjson reads them (the grammar scan and the correctly rounded fast paths).
+ * Shared by the ingest's body scan (pipeline/ingest/_fastpings.c) and the stream side's record
+ * decode (pipeline/_pingbatch.c). Header-only: each extension compiles its own copy. */
+#ifndef TRAVERZ_JSONREAD_H
+#define TRAVERZ_JSONREAD_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
 
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+
+typedef struct {
+    const char *p, *end;
+} Cursor;
+
+static inline void skip_ws(Cursor *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t')) c->p++;
+}
+
+static inline int eat(Cursor *c, char ch) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A string without escapes, control or non-ASCII bytes (the opening quote is next): its inside. */
+static inline int plain_string(Cursor *c, const char **s, Py_ssize_t *n) {
+    if (c->p >= c->end || *c->p != '"') return 0;
+    const char *q = ++c->p;
+    while (q < c->end && *q != '"') {
+        unsigned char b = (unsigned char)*q;
+        if (b < 0x20 || b >= 0x80 || b == '\\') return 0;
+        q++;
+    }
+    if (q >= c->end) return 0;
+    *s = c->p;
+    *n = q - c->p;
+    c->p = q + 1;
+    return 1;
+}
 
 /* Clinger's fast path needs each double operation rounded once (not through a wider register) */
 #define EXACT_DOUBLE_OPS (FLT_EVAL_METHOD == 0)
