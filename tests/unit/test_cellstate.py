@@ -129,3 +129,64 @@ def test_with_speed_windows() -> None:
     restored.mark("cell")
     restored.flush(4)
     assert st.table == {}
+
+
+class CountingTable(DictTable):
+    """A DictTable that counts reads: a complete partition must not be read."""
+
+    def __init__(self, rows: dict[bytes, bytes] | None = None, partition: int = 0) -> None:
+        super().__init__(rows, partition)
+        self.reads = 0
+
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        self.reads += 1
+        return super().read(partition, key)
+
+
+def _counting(rows: dict[bytes, bytes]) -> tuple[PartitionedState[list[int]], CountingTable]:
+    t = CountingTable(rows, partition=2)
+    st: PartitionedState[list[int]] = PartitionedState(
+        t, encode=orjson.dumps, decode=orjson.loads, empty=lambda v: not v
+    )
+    return st, t
+
+
+def test_a_partition_read_whole_is_not_read_again_for_missing_keys() -> None:
+    st, t = _counting({b"a": b"[1]"})
+    assert st.get("x", 2) is None
+    assert t.reads == 1  # not adopted yet: a miss may be in the table
+    assert [k for k, _ in st.adopt(2)] == ["a"]
+    assert st.get("y", 2) is None and st.get("a", 2) == [1]
+    assert t.reads == 1  # every stored row is in memory: nothing to read
+    assert st.get("z", 5) is None
+    assert t.reads == 2  # another partition still reads
+
+
+def test_a_half_read_partition_still_reads() -> None:
+    st, t = _counting({b"a": b"[1]", b"b": b"[2]"})
+    rows = st.adopt(2)
+    next(rows)  # the budgeted adoption of speed windows stops between rows
+    missing = "b" if "a" in st.values else "a"
+    assert st.get(missing, 2) is not None
+    assert t.reads == 1
+
+
+def test_forgotten_or_evicted_partitions_read_again() -> None:
+    st, t = _counting({b"a": b"[1]"})
+    list(st.adopt(2))
+    st.forget_partitions({0})
+    assert st.get("a", 2) == [1]  # read back: the partition was forgotten
+    assert t.reads == 1
+    list(st.adopt(2))
+    st.evict("a")  # clean: only the table has it now
+    assert st.get("a", 2) == [1]
+    assert t.reads == 2
+
+
+def test_a_dropped_key_of_a_complete_partition_stays_dropped() -> None:
+    st, t = _counting({b"a": b"[1]"})
+    list(st.adopt(2))
+    st.drop("a")
+    assert st.get("a", 2) is None  # the stored copy is on its way out: not brought back
+    st.flush(2)
+    assert b"a" not in t
