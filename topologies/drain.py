@@ -19,7 +19,7 @@ The loop is faust's ``Consumer._drain_messages`` otherwise (pinned version).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -54,16 +54,26 @@ class Continue:
                     return stop.value
 
 
-async def hand_over(consumer: Any, coro: Coroutine[Any, Any, Any]) -> None:
-    """``await consumer.wait_first(coro, consumer.suspend_flow.wait())``, without tasks when ``coro`` does not wait."""
+def start_hand_over(consumer: Any, coro: Coroutine[Any, Any, Any]) -> Awaitable[Any] | None:
+    """Run ``coro`` as far as it goes without waiting: ``None`` when it finished, else what to await.
+
+    What to await is ``consumer.wait_first(<the rest of coro>, consumer.suspend_flow.wait())``.
+    A plain function, not a coroutine: a hand-off that does not wait costs no coroutine of its own.
+    """
     if consumer.suspend_flow.is_set():
-        await consumer.wait_first(coro, consumer.suspend_flow.wait())
-        return
+        return consumer.wait_first(coro, consumer.suspend_flow.wait())  # type: ignore[no-any-return]
     try:
         pending = coro.send(None)
     except StopIteration:
-        return
-    await consumer.wait_first(Continue(coro, pending), consumer.suspend_flow.wait())
+        return None
+    return consumer.wait_first(Continue(coro, pending), consumer.suspend_flow.wait())  # type: ignore[no-any-return]
+
+
+async def hand_over(consumer: Any, coro: Coroutine[Any, Any, Any]) -> None:
+    """``await consumer.wait_first(coro, consumer.suspend_flow.wait())``, without tasks when ``coro`` does not wait."""
+    waiting = start_hand_over(consumer, coro)
+    if waiting is not None:
+        await waiting
 
 
 async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cover - the worker's fetch loop
@@ -99,7 +109,9 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
                         if commit_every is not None and consumer._n_acked >= commit_every:
                             consumer._n_acked = 0
                             await consumer.commit()
-                        await hand_over(consumer, callback(message))
+                        waiting = start_hand_over(consumer, callback(message))  # hand_over, inlined
+                        if waiting is not None:
+                            await waiting
                         set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
     except consumer.consumer_stopped_errors:

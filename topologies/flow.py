@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import cached_property
 from typing import Any
 
 import faust
@@ -55,6 +56,7 @@ from faust.types import TP
 from mode.utils.queues import ThrowableQueue
 
 from topologies.drain import drain_messages
+from topologies.fastpath import RawSchema, install_quick_ebb
 
 log = logging.getLogger(__name__)
 STALL_WARN_S = 30.0  # a head gap held this long is a record that was lost before the agent
@@ -72,7 +74,27 @@ class ResumeKeepingQueue(ThrowableQueue[Any]):
 
 
 class SourceTopic(faust.Topic):
-    """A topic whose agent buffers are :class:`ResumeKeepingQueue` (clones, as agents make them, too)."""
+    """A topic whose agent buffers are :class:`ResumeKeepingQueue` (clones, as agents make them, too).
+
+    Its records are decoded by :class:`topologies.fastpath.RawSchema` (clones share the schema).
+    """
+
+    def _get_default_schema(
+        self,
+        key_type: Any = None,
+        value_type: Any = None,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+        allow_empty: bool | None = None,
+    ) -> RawSchema:
+        # faust's default (``conf.Schema``), without the registry round-trip for raw bytes
+        return RawSchema(
+            key_type=key_type,
+            value_type=value_type,
+            key_serializer=key_serializer,
+            value_serializer=value_serializer,
+            allow_empty=allow_empty,
+        )
 
     @property
     def queue(self) -> ThrowableQueue[Any]:
@@ -166,6 +188,19 @@ class TraverzApp(faust.App):
     """
 
     stopping = False
+
+    @cached_property
+    def _event_cls(self) -> Any:
+        return self.conf.Event
+
+    def create_event(self, key: Any, value: Any, headers: Any, message: Any) -> Any:
+        # faust's, without looking the setting up per record (Settings' __getattribute__ is slow)
+        return self._event_cls(self, key, value, headers, message)
+
+    def _new_producer(self) -> Any:
+        producer = super()._new_producer()
+        install_quick_ebb(producer)  # its ebb check before each record reads no setting (topologies/fastpath.py)
+        return producer
 
     def on_init_dependencies(self) -> Any:
         deps = super().on_init_dependencies()

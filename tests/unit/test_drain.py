@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from topologies.drain import hand_over
+from topologies.drain import hand_over, start_hand_over
 
 
 class FakeConsumer:
@@ -90,3 +90,39 @@ async def test_an_error_in_the_hand_off_reaches_the_loop() -> None:
         assert str(exc) == "bad record"
     else:
         raise AssertionError("the error was swallowed")
+
+
+async def test_started_inline_a_hand_off_that_does_not_wait_leaves_nothing_to_await() -> None:
+    consumer, got = FakeConsumer(), []
+
+    async def deliver() -> None:
+        got.append(1)
+
+    assert start_hand_over(consumer, deliver()) is None and got == [1] and consumer.waits == 0
+
+
+async def test_started_inline_a_hand_off_that_waits_leaves_faust_s_wait_to_await() -> None:
+    consumer, got = FakeConsumer(), []
+    room: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def deliver() -> None:
+        got.append(await room)
+
+    waiting = start_hand_over(consumer, deliver())
+    assert waiting is not None and got == [] and consumer.waits == 0
+    room.set_result("room")
+    await waiting
+    assert got == ["room"] and consumer.waits == 1
+
+
+async def test_started_inline_with_the_flow_suspended_nothing_runs_before_faust_s_wait() -> None:
+    consumer, got = FakeConsumer(), []
+    consumer.suspend_flow.set()
+
+    async def deliver() -> None:
+        got.append(1)
+
+    waiting = start_hand_over(consumer, deliver())
+    assert waiting is not None and got == []
+    await waiting
+    assert got == [1] and consumer.waits == 1
