@@ -14,18 +14,19 @@
  * are never used. Anything not inside by the margin is keyed by H3 as before.
  *
  * The normals come from h3-py's ``cell_to_boundary`` (~4 us a cell, in Python) and are kept in
- * a two-way table of CELL_SLOTS cells for the process (~5 MB when full): a cell's
- * geometry is made at the second consecutive ping that H3 puts in it, so a trajectory that
- * only crosses a cell never pays for it. */
+ * a table for the process (160 bytes a slot, twice as many slots as cells): a cell's geometry is
+ * made at the second consecutive ping that H3 puts in it, so a trajectory that only crosses a
+ * cell never pays for it. */
 #include "_fastpings.h"
 /* h3capi.h's latlng_to_cell is a static pointer that load_h3() fills, one per file that includes it:
  * this file is the module's only one, and calls both */
 #include "../h3capi.h"
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
-#define CELL_SLOTS_LOG2 15
-#define CELL_SLOTS (1u << CELL_SLOTS_LOG2)
+#define CELL_SLOTS_MIN 4096u
+#define CELL_SLOTS_MAX (1u << 18) /* 131072 cells at the 1/2 load, ~40 MB; a city is ~6k cells */
 #define CELL_MARGIN 2e-7
 #define DEG2RAD 0.017453292519943295
 
@@ -35,34 +36,68 @@ typedef struct {
     CellShape shape;
 } CellSlot;
 
+/* Open addressing (linear probing, at most half full, never a removal: it grows, and at
+ * CELL_SLOTS_MAX is emptied whole). A table that evicts on a collision (the two-way one this
+ * replaced) thrashes: a city's few thousand cells left ~100 sets of 3+ cells sharing two slots,
+ * and their busiest cells had their shape made again (h3-py, in Python) every few pings. */
 static CellSlot *cell_slots = NULL;
+static size_t cell_mask = 0, cell_used = 0;
+static int cell_shift = 64;
 static unsigned long long cells_skipped = 0, cells_h3 = 0, shapes_made = 0; /* for cell_stats() */
 static PyObject *cell_to_boundary_fn = NULL, *cell_faces_fn = NULL;
 
-/* Two slots a cell may be in (a pair: two cells whose hashes collide both stay), by a 64-bit mix:
- * the cells of one city differ only in a few digits in the middle of their index. */
-static inline CellSlot *cell_pair(uint64_t cell) {
+/* A cell's home slot, by a 64-bit mix: the cells of one city differ only in a few digits in
+ * the middle of their index. */
+static inline size_t cell_home(uint64_t cell) {
     uint64_t h = cell;
     h = (h ^ (h >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
     h = (h ^ (h >> 27)) * UINT64_C(0x94D049BB133111EB);
     h ^= h >> 31;
-    return &cell_slots[(h >> (64 - CELL_SLOTS_LOG2)) & ~(uint64_t)1];
+    return (size_t)(h >> cell_shift);
+}
+
+static int cell_alloc(size_t cap) {
+    CellSlot *t = PyMem_RawCalloc(cap, sizeof(CellSlot)); /* pages touched as cells come */
+    if (t == NULL) return -1;
+    cell_slots = t;
+    cell_mask = cap - 1;
+    int bits = 0;
+    while (((size_t)1 << bits) < cap) bits++;
+    cell_shift = 64 - bits;
+    return 0;
 }
 
 /* The cell's slot, or NULL. */
 static inline CellSlot *cell_find(uint64_t cell) {
-    CellSlot *pair = cell_pair(cell);
-    return pair[0].cell == cell ? &pair[0] : pair[1].cell == cell ? &pair[1] : NULL;
+    for (size_t i = cell_home(cell); cell_slots[i].cell != 0; i = (i + 1) & cell_mask)
+        if (cell_slots[i].cell == cell) return &cell_slots[i];
+    return NULL;
 }
 
-/* A slot for a new cell: a free one of its pair, else the first one's (its cell moves to the
- * second, whose cell is dropped). */
-static inline CellSlot *cell_claim(uint64_t cell) {
-    CellSlot *pair = cell_pair(cell);
-    if (pair[0].cell == 0) return &pair[0];
-    if (pair[1].cell == 0) return &pair[1];
-    pair[1] = pair[0];
-    return &pair[0];
+/* *made (a cell not in the table) stored: in a table twice as big when it would be more than
+ * half full, or, at CELL_SLOTS_MAX (or with no memory to grow), an emptied one. Returns its slot. */
+static CellSlot *cell_store(const CellSlot *made) {
+    if ((cell_used + 1) * 2 > cell_mask + 1) {
+        CellSlot *old = cell_slots;
+        size_t cap = cell_mask + 1;
+        if (cap < CELL_SLOTS_MAX && cell_alloc(cap * 2) == 0) {
+            for (size_t i = 0; i < cap; i++) {
+                if (old[i].cell == 0) continue;
+                size_t j = cell_home(old[i].cell);
+                while (cell_slots[j].cell != 0) j = (j + 1) & cell_mask;
+                cell_slots[j] = old[i];
+            }
+            PyMem_RawFree(old);
+        } else {
+            memset(cell_slots, 0, cap * sizeof(CellSlot));
+            cell_used = 0;
+        }
+    }
+    size_t i = cell_home(made->cell);
+    while (cell_slots[i].cell != 0) i = (i + 1) & cell_mask;
+    cell_slots[i] = *made;
+    cell_used++;
+    return &cell_slots[i];
 }
 
 static inline void unit_vector(double lat, double lon, double out[3]) {
@@ -78,8 +113,9 @@ static inline int in_shape(const CellShape *s, const double p[3]) {
     return 1;
 }
 
-/* A cell's slot filled from h3-py (boundary, faces): 0 done (slot->usable says if it may be used),
- * -1 a Python error. */
+/* A cell's slot made from h3-py (boundary, faces) into *slot, not yet the table's (h3-py's
+ * Python code may let another thread in, which may store cells): 0 done (slot->usable says if it
+ * may be used), -1 a Python error. */
 static int cell_shape_make(uint64_t cell, CellSlot *slot) {
     slot->cell = 0;
     slot->usable = 0;
@@ -162,17 +198,18 @@ uint64_t cell_of(double lat, double lon, int res, LastCell *last) {
         /* a second ping in a cell without a shape yet: make it (once per cell for the process) */
         if (!last->usable && cell_slots != NULL) {
             if (cell_find(cell) == NULL) {
-                CellSlot *slot = cell_claim(cell);
+                CellSlot made;
                 /* the shape only saves H3 calls: a failure to make it (h3-py raising, no memory)
                  * leaves this cell to H3 rather than failing the request */
-                if (cell_shape_make(cell, slot) < 0) {
+                if (cell_shape_make(cell, &made) < 0) {
                     PyErr_Clear();
                     return cell;
                 }
                 shapes_made++;
-                if (slot->usable) {
+                if (cell_find(cell) == NULL) cell_store(&made); /* another thread may have, meanwhile */
+                if (made.usable) {
                     last->usable = 1;
-                    last->shape = slot->shape;
+                    last->shape = made.shape;
                 }
             }
         }
@@ -237,8 +274,7 @@ int h3skip_init(void) {
     cell_faces_fn = PyObject_GetAttrString(h3int, "get_icosahedron_faces");
     Py_DECREF(h3int);
     if (cell_to_boundary_fn == NULL || cell_faces_fn == NULL) return -1;
-    cell_slots = PyMem_RawCalloc(CELL_SLOTS, sizeof(CellSlot)); /* pages touched as cells come */
-    if (cell_slots == NULL) {
+    if (cell_alloc(CELL_SLOTS_MIN) < 0) {
         PyErr_NoMemory();
         return -1;
     }

@@ -469,3 +469,38 @@ def test_probes_a_hair_inside_or_outside_a_hinted_cell_get_h3s_cell() -> None:
         assert _fastpings.cell_hinted(*h3int.cell_to_latlng(pentagon), 9, pentagon) == pentagon
     skipped, h3_calls, _ = (a - b for a, b in zip(_fastpings.cell_stats(), before, strict=True))
     assert (skipped, h3_calls) == (0, 5)
+
+
+def _hinted_stats(cells: list[int]) -> tuple[int, int, int]:
+    """(skipped, H3 calls, shapes made) for each cell's centre hinted with the cell, all H3's cell."""
+    before = _fastpings.cell_stats()
+    for cell in cells:
+        assert _fastpings.cell_hinted(*h3int.cell_to_latlng(cell), 9, cell) == cell
+    skipped, h3_calls, made = (a - b for a, b in zip(_fastpings.cell_stats(), before, strict=True))
+    return skipped, h3_calls, made
+
+
+def test_a_citys_cells_keep_their_shapes() -> None:
+    """8,269 cells of Berlin, each made once: a second pass confirms every one without H3 or h3-py.
+
+    A table that drops a cell when its slots collide (as the two-way one did) remakes shapes
+    every few pings for the cells that share slots."""
+    cells = h3int.grid_disk(h3int.latlng_to_cell(52.52, 13.405, 9), 52)
+    _hinted_stats(cells)  # each shape made (or already held)
+    assert _hinted_stats(cells) == (len(cells), 0, 0)
+
+
+def test_the_shape_table_holds_over_a_hundred_thousand_cells_then_starts_again() -> None:
+    """Cells are kept up to the table's cap (131,072), then the table is emptied and refilled: still H3's cells."""
+    centre = h3int.latlng_to_cell(-33.9, 18.6, 9)
+    cells = h3int.grid_disk(centre, 199)  # 119,401 cells
+    _hinted_stats(cells)  # the table may be emptied on the way (earlier tests' cells): then it holds some of these
+    _hinted_stats(cells)  # the rest: the table holds at most these, fewer than its cap
+    assert _hinted_stats(cells) == (len(cells), 0, 0)
+    more = h3int.grid_ring(centre, 215) + h3int.grid_ring(centre, 216)  # 2,586 cells
+    far = h3int.grid_disk(h3int.latlng_to_cell(-20.0, 50.0, 9), 60)  # 10,981: the cap passed
+    _hinted_stats(more + far)
+    assert _hinted_stats(far[-1000:]) == (1000, 0, 0)  # made after the table was emptied
+    skipped, h3_calls, made = _hinted_stats(cells)
+    assert skipped + h3_calls == len(cells) and made > 0  # emptied: the old cells' shapes made again
+
