@@ -33,6 +33,7 @@ from pipeline.engine import Engine, Tables
 from pipeline.ingest import wire
 from pipeline.pings import RecordError
 from tests.unit.test_movers import Counting, _fields, _partition, _published, _state, _traffic
+from tests.unit.test_wire import _toward, _unit
 
 NOW = 1_700_000_000.0
 KEY = "871f1d489ffffff"
@@ -552,3 +553,44 @@ def test_a_citys_devices_each_in_its_own_cell_find_every_cell_held() -> None:
         assert [p["cell"] for got in batches if got is not None for p in got[2]] == [h3int.int_to_str(c) for c in cells]
     assert stats[2] == (len(cells), 0, 0)
 
+
+def _across_edges(cell: int) -> list[tuple[float, float]]:
+    """Points a hair to far (1 mm to 60 m) either side of each of cell's edges, at three places along it."""
+    corners = [_unit(*v) for v in h3int.cell_to_boundary(cell)]
+    inner = _unit(*h3int.cell_to_latlng(cell))
+    out = []
+    for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+        side = math.acos(min(1.0, sum(p * q for p, q in zip(a, b, strict=True))))
+        for t in (0.001, 0.999, 0.5):
+            on_edge = _unit(*_toward(a, b, t * side))
+            out += [_toward(on_edge, inner, rad) for rad in (1.6e-10, 1.9e-7, 2.1e-7, 1e-5)]
+            out += [_toward(on_edge, inner, -rad) for rad in (1.6e-10, 1.9e-7, 2.1e-7, 1e-6, 1e-5)]
+    return out
+
+
+@pytest.mark.parametrize("res", [9, 8, 10])
+@pytest.mark.parametrize("anchor", [(52.52, 13.405), (-33.9, 18.6), (64.7, -10.6)])
+def test_a_devices_pings_a_hair_either_side_of_its_cells_edges_get_h3s_cell(
+    anchor: tuple[float, float], res: int
+) -> None:
+    """One device, from its cell's centre to probes 1 mm to 60 m either side of the cell's edges and back.
+
+    Each probe is hinted with the centre's cell (the device's last), confirmed by the cell's shape
+    when surely inside it, else H3: always H3's cell."""
+    items = []
+    for cell in h3int.grid_disk(h3int.latlng_to_cell(*anchor, res), 1):
+        centre = h3int.cell_to_latlng(cell)
+        points = [centre] * 3  # the shape made
+        for probe in _across_edges(cell):
+            points += [probe, centre]
+        items += [{"device_id": f"edge-{res}", "seq": len(items) + i, "ts": NOW, "lat": lat, "lon": lon,
+                   "speed_mps": 1.0, "heading_deg": 2.0, "accuracy_m": 3.0} for i, (lat, lon) in enumerate(points)]
+    before = cell_stats()
+    got = []
+    for i in range(0, len(items), 64):
+        batch = parse_batch(pings.encode_record(KEY, items[i:i + 64], NOW), res)
+        assert batch is not None
+        got += [p["cell"] for p in batch[2]]
+    assert got == [h3int.int_to_str(h3int.latlng_to_cell(p["lat"], p["lon"], res)) for p in items]
+    skipped, by_h3, _ = (a - b for a, b in zip(cell_stats(), before, strict=True))
+    assert skipped > 0.25 * len(items), (skipped, by_h3)  # the probes well inside, the centres after them
