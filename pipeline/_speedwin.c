@@ -441,6 +441,64 @@ int win_add(Win *w, PyObject *dev, int64_t seq, Num ts, Num speed, Num heading, 
     return 1;
 }
 
+/* -- fetching ahead ------------------------------------------------------------------------ */
+/* Why: a counted ping reads a chain of cold lines (the window, its index slot, the dedupe entry;
+ * the newest bucket, its sectors, a sector's histogram and device slot), each address known only
+ * once the line before it arrived, so a ping waited for each miss in turn. add_pings calls these
+ * for the pings a few places ahead, one stage a ping: the lines arrive while it counts the ones
+ * before. They read only what is there now and never write: a wrong guess costs a prefetch. */
+#define AHEAD(p) __builtin_prefetch((const void *)(p), 0, 3)
+#define AHEAD_W(p) __builtin_prefetch((const void *)(p), 1, 3)
+
+static void ahead_span(const void *p, size_t n) { /* every line of [p, p + n), up to 4 */
+    const char *c = p, *end = c + (n < 256 ? n : 256);
+    for (; c < end; c += 64) AHEAD_W(c);
+    AHEAD_W(end - 1);
+}
+
+/* the bucket that win_add's ts goes into, if there is one */
+static const Bucket *bucket_ahead(const Win *w, double ts) {
+    double q = py_floordiv(ts, BUCKET_S);
+    if (!(q > -1e15 && q < 1e15)) return NULL; /* not a ping's (and start would overflow) */
+    int64_t start = (int64_t)q * BUCKET_I;
+    for (Py_ssize_t k = w->nbuckets - 1; k >= 0; k--)
+        if (w->buckets[k].start == start) return &w->buckets[k];
+    return NULL;
+}
+
+void win_ahead_index(const Win *w, Py_hash_t h) {
+    if (w->index != NULL) AHEAD(&w->index[(size_t)h & w->idxmask]);
+    if (w->nbuckets > 0) ahead_span(&w->buckets[w->nbuckets - 1], sizeof(Bucket)); /* the usual one */
+}
+
+void win_ahead_entry(const Win *w, Py_hash_t h, double ts) {
+    if (w->index != NULL) { /* the device's Seen (its first probes: the slots of one line, mostly) */
+        size_t m = w->idxmask, i = (size_t)h & m;
+        uint64_t tag = IDX_TAG(h);
+        for (int k = 0; k < 4; k++, i = (i + 1) & m) {
+            uint64_t v = w->index[i];
+            if (v == IDX_EMPTY) break;
+            if ((v >> 32 << 32) == tag && (Py_ssize_t)(uint32_t)v < w->nseen) {
+                ahead_span(&w->seen[(uint32_t)v], sizeof(Seen));
+                break;
+            }
+        }
+    }
+    const Bucket *b = bucket_ahead(w, ts);
+    if (b != NULL && b->nsecs > 0) ahead_span(b->secs, (size_t)b->nsecs * sizeof(Agg));
+}
+
+void win_ahead_sector(const Win *w, Py_hash_t h, double ts, double heading) {
+    const Bucket *b = bucket_ahead(w, ts);
+    if (b == NULL) return;
+    double q = py_floordiv(py_mod(heading + SECTOR_WIDTH / 2, 360.0), SECTOR_WIDTH);
+    if (!(q > -9.2e18 && q < 9.2e18)) return;
+    const Agg *a = agg_find((Agg *)b->secs, b->nsecs, (int64_t)q);
+    if (a == NULL) return;
+    if (a->nhist > 0) ahead_span(a->hist, (size_t)a->nhist * sizeof(HistPair));
+    if (a->capdev > 0) AHEAD_W(&a->devs[(size_t)h & (size_t)(a->capdev - 1)]);
+}
+
 /* -- Python-facing methods ----------------------------------------------------------------- */
 static PyObject *py_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Num ts, speed, heading, now;

@@ -53,23 +53,28 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    Seen *seen; /* in insertion order (what to_bytes writes) */
-    Py_ssize_t nseen, capseen;
-    Fmt *seen_fmt; /* the last_seen of ``seen`` as last written (to_bytes only; reset by a sweep) */
-    Py_ssize_t capfmt;
+    /* what a counted ping reads first in its first 128 bytes (two cache lines; add_pings
+     * prefetches them for the pings ahead): the index, the arrays, the merge's bounds, the counts */
     /* open addressing over ``seen``, idxmask + 1 slots: (hash tag << 32) | entry, IDX_EMPTY when free.
      * The tag (the hash's high bits) lets a probe pass an entry without reading its Seen (a
      * cache miss each, ~5 a miss at 2/3 full: most of the count's time for a device new to the cell) */
     uint64_t *index;
     size_t idxmask;
+    Seen *seen; /* in insertion order (what to_bytes writes) */
+    Py_ssize_t nseen;
     Bucket *buckets; /* in insertion order */
-    Py_ssize_t nbuckets, capbuckets;
+    Py_ssize_t nbuckets;
     int has_closed;
     int64_t closed_key, closed_open;
+    long long added, wake_at;
+    /* the rest: growth, the merge's sectors, bookkeeping */
+    Py_ssize_t capseen, capbuckets;
+    Fmt *seen_fmt; /* the last_seen of ``seen`` as last written (to_bytes only; reset by a sweep) */
+    Py_ssize_t capfmt;
     Agg *closed;
     Py_ssize_t nclosed, capclosed;
     double swept_at;
-    long long added, wake_at, merges;
+    long long merges;
 } Win;
 
 typedef struct {
@@ -95,6 +100,13 @@ Bucket *bucket_append(Win *w, int64_t start);
 Agg *agg_append(Agg **arr, Py_ssize_t *n, Py_ssize_t *cap, int64_t sec);
 int hist_add(Agg *a, int64_t bin, int64_t count);
 int devset_add(Agg *a, PyObject *dev, Py_hash_t h);
+
+/* What win_add will read for a ping, fetched into the cache ahead of it (add_pings, a few pings
+ * early): they only read and prefetch, each stage what the one before brought in. h: the
+ * device's hash; ts, heading: the ping's. */
+void win_ahead_index(const Win *w, Py_hash_t h);
+void win_ahead_entry(const Win *w, Py_hash_t h, double ts);
+void win_ahead_sector(const Win *w, Py_hash_t h, double ts, double heading);
 
 PyObject *win_to_bytes(PyObject *self, PyObject *unused);
 PyObject *win_from_bytes(PyObject *cls, PyObject *raw);

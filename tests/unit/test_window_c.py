@@ -12,15 +12,19 @@ from __future__ import annotations
 import copy
 import gc
 import math
+import random
 import sys
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+import h3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline import pings
+from pipeline._records import PingBatch
 from pipeline.speed import BUCKET_S, SEQ_WINDOW, WINDOW_S, CellSpeedWindow, ReferenceWindow, add_pings
 
 NOW = 1_700_000_000.0
@@ -288,3 +292,170 @@ def test_boundaries_of_the_seq_window_and_of_expiry(window: type[CellSpeedWindow
     w.add("b", 1, NOW, 1.0, 0.0, NOW)
     w.expire(NOW + 360.0)  # exactly the TTL: kept
     assert len(w.seen) == 1
+
+
+# -- a record as the worker counts it: a PingBatch, its windows looked up and fetched ahead --------
+# the centre of a res-9 cell and of its six neighbours: pings of a few cells, interleaved or in runs
+_HOME = "891f1d48a3bffff"
+_SPOTS = [h3.cell_to_latlng(c) for c in h3.grid_disk(_HOME, 1)]
+
+
+def _plain(lo: float, hi: float) -> st.SearchStrategy[float]:
+    return st.floats(lo, hi).map(lambda x: round(x, 7))  # what the fast decode takes (no 1e-300)
+
+
+batch_ping = st.fixed_dictionaries(
+    {
+        "device_id": st.sampled_from(["a", "b", "c", "dev-7", "x"]),
+        "seq": st.one_of(st.integers(0, 40), st.sampled_from([SEQ_WINDOW - 1, SEQ_WINDOW, 300, 2**53 - 1])),
+        "ts": st.one_of(_plain(-WINDOW_S - 60, 60), st.integers(-WINDOW_S - 60, 60)),  # from NOW
+        "at": st.integers(0, len(_SPOTS) - 1),
+        "speed_mps": st.one_of(_plain(0, 90), st.integers(0, 90)),
+        "heading_deg": st.one_of(_plain(0, 359.9), st.integers(0, 359)),
+    },
+    optional={"state": st.sampled_from(["parked", "driving", "stopped"])},
+)
+
+
+def _record(drawn: list[dict[str, Any]]) -> bytes:
+    items = []
+    for d in drawn:
+        p = {k: v for k, v in d.items() if k != "at"}
+        p["ts"] = NOW + d["ts"] if isinstance(d["ts"], float) else int(NOW) + d["ts"]
+        p["lat"], p["lon"] = _SPOTS[d["at"]]
+        p["accuracy_m"] = 5.0
+        items.append(p)
+    return pings.encode_record(_HOME, items, NOW)
+
+
+class _Load:
+    """``load(cell, partition)`` as the engine's may behave, the same on both sides (the same seeded
+    choices, call after call): a new window; or one restored from the "table" that it also puts in
+    ``windows`` itself (PartitionedState.get does); it may first evict another cell's window (kept
+    alive here: a count into it would show), or raise."""
+
+    def __init__(self, cls: Any, windows: dict[str, Any], seed: int, wake_at: int) -> None:
+        self.cls, self.windows, self.rng, self.wake_at = cls, windows, random.Random(seed), wake_at
+        self.calls: list[tuple[str, int]] = []
+        self.table: dict[str, bytes] = {}
+        self.evicted: list[Any] = []
+
+    def __call__(self, cell: str, partition: int) -> Any:
+        self.calls.append((cell, partition))
+        roll = self.rng.random()
+        if roll < 0.05:
+            raise RuntimeError("the table is down")
+        if roll < 0.4 and self.windows:
+            gone = sorted(self.windows)[self.rng.randrange(len(self.windows))]
+            self.evicted.append(self.windows[gone])
+            self.table[gone] = self.windows.pop(gone).to_bytes()
+        raw = self.table.get(cell)
+        w = self.cls() if raw is None else self.cls.from_bytes(raw)
+        w.wake_at = self.wake_at
+        if raw is not None and roll < 0.7:
+            self.windows[cell] = w
+        return w
+
+
+def _reference_count(pings_: list[dict[str, Any]], windows: dict[str, Any], load: Callable[[str, int], Any], now: float,
+                     touched: set[str], wake: set[str]) -> int:
+    """The engine's loop before the C one, with its load call (pipeline/engine.py, on_pings)."""
+    duplicates = 0
+    for p in pings_:
+        if p.get("state") != "parked":
+            c9 = p["cell"]
+            window = windows.get(c9) or load(c9, 3)
+            if window.add(p["device_id"], p["seq"], p["ts"], p["speed_mps"], p["heading_deg"], now):
+                windows[c9] = window
+                touched.add(c9)
+                if window.added >= window.wake_at:
+                    wake.add(c9)
+            else:
+                duplicates += 1
+    return duplicates
+
+
+def _outcome(count: Callable[..., int], *args: Any) -> Any:
+    try:
+        return count(*args)
+    except RuntimeError as exc:
+        return str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(batch_ping, min_size=1, max_size=40), st.sampled_from([0.0, 30.0, 200.0, 400.0]),
+                       st.booleans()), min_size=1, max_size=5),
+    st.integers(0, 4),
+    st.integers(0, 2**32),
+)
+def test_add_pings_counts_a_batch_as_the_engine_loop_did(
+    records: list[tuple[list[dict[str, Any]], float, bool]], wake_at: int, seed: int
+) -> None:
+    """Runs of one cell, cells interleaved, dupes inside a record, replayed records, windows over; a
+    load that evicts, restores, puts in the dict or raises: the same counts, windows, sets (in the
+    same order), load calls and errors as the Python loop over the same pings."""
+    ref: dict[str, ReferenceWindow] = {}
+    got: dict[str, CellSpeedWindow] = {}
+    ref_load, load = _Load(ReferenceWindow, ref, seed, wake_at), _Load(CellSpeedWindow, got, seed, wake_at)
+    ref_touched: set[str] = set()
+    ref_wake: set[str] = set()
+    touched: set[str] = set()
+    wake: set[str] = set()
+    for drawn, moved, replay in records:
+        raw = _record(drawn)
+        for _ in range(2 if replay else 1):
+            for w in [*ref.values(), *ref_load.evicted]:
+                w.wake_at = wake_at
+            for c in [*got.values(), *load.evicted]:
+                c.wake_at = wake_at
+            batch = pings.decode_batch(raw)[2]
+            assert isinstance(batch, PingBatch)
+            dicts = pings.decode_record(raw)[2]
+            now = NOW + moved
+            want = _outcome(_reference_count, dicts, ref, ref_load, now, ref_touched, ref_wake)
+            assert _outcome(add_pings, batch, got, load, 3, now, touched, wake) == want
+            assert load.calls == ref_load.calls
+            assert list(got) == list(ref)
+            for cell, w in ref.items():
+                _same(got[cell], w)
+            for c, w in zip(load.evicted, ref_load.evicted, strict=True):
+                _same(c, w)
+            assert list(touched) == list(ref_touched) and list(wake) == list(ref_wake)
+
+
+def test_add_pings_counts_long_runs_of_one_cell_and_a_new_cell_a_ping() -> None:
+    """Seeded: records of one cell, of every cell in turn, of a few at random, each also replayed."""
+    rng = random.Random(11)
+    for layout in ("one cell", "in turn", "random"):
+        ref: dict[str, ReferenceWindow] = {}
+        got: dict[str, CellSpeedWindow] = {}
+        loads: list[str] = []
+        ref_loads: list[str] = []
+
+        def load(cell: str, part: int, calls: list[str] = loads) -> CellSpeedWindow:
+            calls.append(cell)
+            return CellSpeedWindow()
+
+        def ref_load(cell: str, part: int, calls: list[str] = ref_loads) -> ReferenceWindow:
+            calls.append(cell)
+            return ReferenceWindow()
+
+        touched: set[str] = set()
+        ref_touched: set[str] = set()
+        for r in range(30):
+            drawn = []
+            for i in range(64):
+                at = 0 if layout == "one cell" else i % len(_SPOTS) if layout == "in turn" else rng.randrange(3)
+                drawn.append({"device_id": f"d{rng.randrange(20)}", "seq": rng.randrange(40),
+                              "ts": -rng.uniform(0, 200), "at": at, "speed_mps": rng.uniform(0, 40),
+                              "heading_deg": rng.uniform(0, 359)})
+            raw = _record(drawn)
+            for _ in range(2):  # the second time every ping is a replay
+                batch = pings.decode_batch(raw)[2]
+                assert isinstance(batch, PingBatch)
+                want = _reference_count(pings.decode_record(raw)[2], ref, ref_load, NOW + r, ref_touched, set())
+                assert add_pings(batch, got, load, 1, NOW + r, touched, set()) == want
+        assert loads == ref_loads and list(got) == list(ref) and list(touched) == list(ref_touched)
+        for cell, w in ref.items():
+            _same(got[cell], w)
