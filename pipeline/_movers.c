@@ -31,6 +31,12 @@
 #define EXACT_MAX 9007199254740992.0 /* 2**53 */
 
 static PyObject *MotionTracker = NULL, *StallState = NULL;
+
+/* Spots.see on by_cell[cell] (pipeline/_spots.c's see_cell, from its capsule pipeline._spots.see_c):
+ * 0, or -1 with an exception. glide calls it for a watched cell's ping, as the engine's loop would. */
+typedef int (*SeeCell)(PyObject *by_cell, PyObject *cell, PyObject *device, double ts, double lat, double lon,
+                       double speed, double heading);
+static SeeCell see_cell = NULL;
 static double STILL_MPS, GAP_S, MAX_BRAKE_DT_S, HARD_BRAKE_MPS2, TTL_S;
 static PyObject *k_cell, *k_device_id, *k_seq, *k_ts, *k_lat, *k_lon, *k_speed, *k_heading;
 static PyObject *a_motion, *a_stall, *a_alerted, *a_parked, *a_device, *a_seq, *a_ts, *a_lat, *a_lon, *a_speed,
@@ -212,48 +218,54 @@ static PyObject *box_opt(double v, int is_int, int none) {
 typedef struct {
     PyObject *p;     /* the ping's dict, or */
     const PBPing *b; /* its struct in a PingBatch */
-    PyObject *dev, *key;
+    PyObject *cell, *dev, *key;
     uint64_t hash;
+    int watched;     /* its cell is watched and glide sees it (glide's `see`) */
 } Prep;
 
 /* The ping's key and where it would sit; 0 (no error set) if the fast path cannot take it from
- * what is known before looking at the device's state. */
+ * what is known before looking at the device's state. With `see`, a watched cell's ping is
+ * marked (out->watched) and otherwise judged as if nobody watched. */
 static int prepare_keys(PyObject *cell, PyObject *dev, PyObject *parents, PyObject *watched, PyObject *standing,
-                        Prep *out) {
+                        int see, Prep *out) {
+    out->cell = cell;
+    out->dev = dev;
+    int r = PyDict_Contains(watched, cell);
+    if (r < 0) return -1;
+    out->watched = see && r;
     PyObject *key = PyDict_GetItemWithError(parents, cell);
     if (key == NULL || !PyUnicode_CheckExact(key)) return 0; /* a new cell: Python caches its key */
-    /* someone stands near (Spots.see) or this one stood (Spots.lift): Python's business */
-    int r = PyDict_Contains(watched, cell);
-    if (r != 0) return r < 0 ? -1 : 0;
+    /* someone stands near (Spots.see) unless seen here, or this one stood (Spots.lift): Python's business */
+    if (r && !see) return 0;
     r = PyDict_Contains(standing, dev);
     if (r != 0) return r < 0 ? -1 : 0;
     Py_hash_t hd = PyObject_Hash(dev), hk = PyObject_Hash(key);
     if (hd == -1 || hk == -1) return -1;
-    out->dev = dev;
     out->key = key;
     out->hash = combine(hd, hk);
     return 1;
 }
 
 /* A ping dict's device and key (prepare_keys). */
-static int prepare(PyObject *p, PyObject *parents, PyObject *watched, PyObject *standing, Prep *out) {
+static int prepare(PyObject *p, PyObject *parents, PyObject *watched, PyObject *standing, int see, Prep *out) {
+    out->watched = 0;
     if (!PyDict_CheckExact(p)) return 0;
     PyObject *cell = PyDict_GetItemWithError(p, k_cell);
     PyObject *dev = cell ? PyDict_GetItemWithError(p, k_device_id) : NULL;
     if (dev == NULL || !PyUnicode_CheckExact(cell) || !PyUnicode_CheckExact(dev)) return 0;
     out->p = p;
     out->b = NULL;
-    return prepare_keys(cell, dev, parents, watched, standing, out);
+    return prepare_keys(cell, dev, parents, watched, standing, see, out);
 }
 
 /* Ping i of a list or a PingBatch (prepare_keys). */
 static int prepare_at(PyObject *pings, Py_ssize_t i, PyObject *parents, PyObject *watched, PyObject *standing,
-                      Prep *out) {
-    if (PyList_CheckExact(pings)) return prepare(PyList_GET_ITEM(pings, i), parents, watched, standing, out);
+                      int see, Prep *out) {
+    if (PyList_CheckExact(pings)) return prepare(PyList_GET_ITEM(pings, i), parents, watched, standing, see, out);
     const PBPing *b = &((PingBatch *)pings)->p[i];
     out->p = NULL;
     out->b = b;
-    return prepare_keys(b->cell, b->dev, parents, watched, standing, out);
+    return prepare_keys(b->cell, b->dev, parents, watched, standing, see, out);
 }
 
 /* The numbers glide reads: from the dict (0 if one is not a number the struct holds exactly),
@@ -280,6 +292,27 @@ static int values(const Prep *pr, Vals *v) {
     return number(ts_o, &v->ts, &v->ts_i) && number(speed_o, &v->speed, &v->speed_i) &&
            number(lat_o, &v->lat, &v->lat_i) && number(lon_o, &v->lon, &v->lon_i) && number(hd_o, &v->hd, &v->hd_i) &&
            int64(seq_o, &v->seq);
+}
+
+/* The engine's spots.see(cell, device, p["ts"], p["lat"], p["lon"], p["speed_mps"], p["heading_deg"]) on
+ * watched: 1 seen, 0 not (a dict's number that is not one a struct holds: the engine's loop sees
+ * that ping), -1 error. The batch's doubles are the dict's numbers exactly, as _spots.see reads them. */
+static int see_ping(const Prep *pr, PyObject *watched) {
+    double ts, lat, lon, speed, hd;
+    const PBPing *b = pr->b;
+    if (b != NULL) {
+        ts = b->ts, lat = b->lat, lon = b->lon, speed = b->speed, hd = b->heading;
+    } else {
+        PyObject *p = pr->p;
+        PyObject *ts_o = PyDict_GetItemWithError(p, k_ts), *lat_o = PyDict_GetItemWithError(p, k_lat);
+        PyObject *lon_o = PyDict_GetItemWithError(p, k_lon), *speed_o = PyDict_GetItemWithError(p, k_speed);
+        PyObject *hd_o = PyDict_GetItemWithError(p, k_heading);
+        int is_int;
+        if (!(ts_o && lat_o && lon_o && speed_o && hd_o && number(ts_o, &ts, &is_int) && number(lat_o, &lat, &is_int) &&
+              number(lon_o, &lon, &is_int) && number(speed_o, &speed, &is_int) && number(hd_o, &hd, &is_int)))
+            return 0;
+    }
+    return see_cell(watched, pr->cell, pr->dev, ts, lat, lon, speed, hd) < 0 ? -1 : 1;
 }
 
 /* motion.glide on the stored device: 1 taken, 0 refused (nothing changed). */
@@ -310,13 +343,20 @@ static int glide_one(Store *s, const Prep *pr, double now, int now_int) {
     return 1;
 }
 
-/* glide(pings, start, now, parents, watched, standing) -> index of the first ping not taken;
- * pings: a list of dicts or a PingBatch */
+/* glide(pings, start, now, parents, watched, standing, see=False) -> the index i of the first ping
+ * not taken, or ~i (negative) if that ping's cell is watched and it was seen here first.
+ * pings: a list of dicts or a PingBatch.
+ *
+ * A ping of a watched cell (someone stands near) stops the glide, unless `see`: then it is the
+ * engine's loop's watched ping done here, in the same order with the pings around it: Spots.see
+ * (_spots.see on `watched`, which must then be Spots.by_cell), then the glide as if nobody
+ * watched. If that refuses, ~i tells the loop not to see it again. */
 static PyObject *Store_glide(Store *s, PyObject *args) {
     PyObject *pings, *now_o, *parents, *watched, *standing;
     Py_ssize_t i;
-    if (!PyArg_ParseTuple(args, "OnOO!O!O!", &pings, &i, &now_o, &PyDict_Type, &parents, &PyDict_Type, &watched,
-                          &PyDict_Type, &standing))
+    int see = 0;
+    if (!PyArg_ParseTuple(args, "OnOO!O!O!|p", &pings, &i, &now_o, &PyDict_Type, &parents, &PyDict_Type, &watched,
+                          &PyDict_Type, &standing, &see))
         return NULL;
     Py_ssize_t n;
     if (PyList_CheckExact(pings)) {
@@ -330,11 +370,22 @@ static PyObject *Store_glide(Store *s, PyObject *args) {
     double now;
     int now_int;
     if (i < 0 || s->used == 0 || !number(now_o, &now, &now_int)) return PyLong_FromSsize_t(i < 0 ? 0 : i);
+    see = see && PyDict_GET_SIZE(watched) > 0;
     Prep cur, nxt;
-    int have = i < n ? prepare_at(pings, i, parents, watched, standing, &cur) : 0;
-    while (have > 0) {
+    int have = i < n ? prepare_at(pings, i, parents, watched, standing, see, &cur) : 0;
+    int seen = 0; /* ping i was seen here */
+    while (i < n) {
+        if (have < 0) return NULL;
+        if (cur.watched) {
+            seen = see_ping(&cur, watched);
+            if (seen <= 0) { /* an error, or a number the loop must read */
+                if (seen < 0) return NULL;
+                break;
+            }
+        }
+        if (have == 0) break;
         /* the next ping's slot is fetched while this one is handled: the misses overlap */
-        int next = i + 1 < n ? prepare_at(pings, i + 1, parents, watched, standing, &nxt) : 0;
+        int next = i + 1 < n ? prepare_at(pings, i + 1, parents, watched, standing, see, &nxt) : 0;
         if (next < 0) return NULL;
         if (next > 0) {
             const char *at = (const char *)&s->hot[slot_of(s, nxt.hash)];
@@ -342,13 +393,13 @@ static PyObject *Store_glide(Store *s, PyObject *args) {
             __builtin_prefetch(at + 64, 1);
         }
         if (!glide_one(s, &cur, now, now_int)) break;
+        seen = 0;
         i++;
         cur = nxt;
         have = next;
     }
-    if (have < 0) return NULL;
     if (PyErr_Occurred()) return NULL;
-    return PyLong_FromSsize_t(i);
+    return PyLong_FromSsize_t(seen ? ~i : i);
 }
 
 /* -- in and out ------------------------------------------------------------------------ */
@@ -725,6 +776,10 @@ PyMODINIT_FUNC PyInit__movers(void) {
     KEY(a_brake_decel, "brake_decel");
 #undef KEY
     if (pingbatch_import() < 0) return NULL;
+    PyObject *spots = PyImport_ImportModule("pipeline._spots"); /* PyCapsule_Import imports only "pipeline" */
+    if (spots == NULL) return NULL;
+    Py_DECREF(spots);
+    if ((see_cell = (SeeCell)PyCapsule_Import("pipeline._spots.see_c", 0)) == NULL) return NULL;
     if (PyType_Ready(&StoreType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

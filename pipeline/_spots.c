@@ -113,22 +113,25 @@ static int item_double(PyObject *t, Py_ssize_t i, double *out) { return as_doubl
 #define NEED_BIND \
     if (!bound) return PyErr_Format(PyExc_RuntimeError, "_spots.bind was not called")
 
-/* see(by_cell, cell, device, ts, lat, lon, speed, heading): Spots.see */
-static PyObject *see(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    double ts, lat, lon, speed, heading;
-    if (nargs != 8) return PyErr_Format(PyExc_TypeError, "see takes 8 arguments (%zd given)", nargs);
-    NEED_BIND;
-    PyObject *by_cell = args[0], *device = args[2];
-    if (!PyDict_Check(by_cell)) return PyErr_Format(PyExc_TypeError, "by_cell: a dict");
-    if (as_double(args[3], &ts) < 0 || as_double(args[4], &lat) < 0 || as_double(args[5], &lon) < 0 ||
-        as_double(args[6], &speed) < 0 || as_double(args[7], &heading) < 0)
-        return NULL;
-    PyObject *spots = PyDict_GetItemWithError(by_cell, args[1]);
-    if (spots == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, args[1]);
-        return NULL;
+/* Spots.see on by_cell[cell] (a dict): 0, or -1 with an exception. Exported as the capsule
+ * pipeline._spots.see_c, whose pointer pipeline/_movers.c calls as a SeeCell (its typedef there
+ * must stay this signature). */
+#define SEE_CAPSULE "pipeline._spots.see_c"
+static int see_cell(PyObject *by_cell, PyObject *cell, PyObject *device, double ts, double lat, double lon,
+                    double speed, double heading) {
+    if (!bound) {
+        PyErr_SetString(PyExc_RuntimeError, "_spots.bind was not called");
+        return -1;
     }
-    if (!PyDict_Check(spots)) return PyErr_Format(PyExc_TypeError, "by_cell: dicts of spots");
+    PyObject *spots = PyDict_GetItemWithError(by_cell, cell);
+    if (spots == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, cell);
+        return -1;
+    }
+    if (!PyDict_Check(spots)) {
+        PyErr_SetString(PyExc_TypeError, "by_cell: dicts of spots");
+        return -1;
+    }
     Py_INCREF(spots);
     Py_ssize_t pos = 0;
     PyObject *key, *spot, *passers = NULL;
@@ -175,11 +178,24 @@ static PyObject *see(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         Py_CLEAR(passers);
     }
     Py_DECREF(spots);
-    Py_RETURN_NONE;
+    return 0;
 fail:
     Py_XDECREF(passers);
     Py_DECREF(spots);
-    return NULL;
+    return -1;
+}
+
+/* see(by_cell, cell, device, ts, lat, lon, speed, heading): Spots.see */
+static PyObject *see(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    double ts, lat, lon, speed, heading;
+    if (nargs != 8) return PyErr_Format(PyExc_TypeError, "see takes 8 arguments (%zd given)", nargs);
+    NEED_BIND;
+    if (!PyDict_Check(args[0])) return PyErr_Format(PyExc_TypeError, "by_cell: a dict");
+    if (as_double(args[3], &ts) < 0 || as_double(args[4], &lat) < 0 || as_double(args[5], &lon) < 0 ||
+        as_double(args[6], &speed) < 0 || as_double(args[7], &heading) < 0)
+        return NULL;
+    if (see_cell(args[0], args[1], args[2], ts, lat, lon, speed, heading) < 0) return NULL;
+    Py_RETURN_NONE;
 }
 
 typedef struct {
@@ -358,5 +374,15 @@ PyMODINIT_FUNC PyInit__spots(void) {
                                           "lat",    "lon",      "cos_lat", "sin_h",  "cos_h"};
     for (int f = 0; f < N_FIELDS; f++)
         if ((field_names[f] = PyUnicode_InternFromString(names[f])) == NULL) return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    /* see_cell for pipeline/_movers.c's glide, which sees a watched cell's pings without a Python
+     * call: a capsule, so the two extensions stay separate (PyCapsule_Import) */
+    PyObject *c = PyCapsule_New((void *)see_cell, SEE_CAPSULE, NULL);
+    if (c == NULL || PyModule_AddObject(m, "see_c", c) < 0) {
+        Py_XDECREF(c);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

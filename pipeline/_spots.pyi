@@ -1,5 +1,7 @@
 from typing import Any
 
+see_c: object  # a capsule: see's C function, for pipeline._movers
+
 def bind(
     spot: type,
     sample_m: tuple[float, ...],

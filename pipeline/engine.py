@@ -203,18 +203,25 @@ class Engine:
         # which then already counts the rest of this record (seconds of one area)
         duplicates = add_pings(ordered, windows, self._window_of, partition, now, touched_cells, wake)
         i, n = 0, len(ordered)
+        see_in_c = spots.native  # spots.see is _spots.see: the glide calls it itself, no dict or call a ping
+        seen = False  # ordered[i] was seen by the glide (then refused): not to be seen twice
         while i < n:
             if movers is not None:
-                # the usual pings of stored moving devices, in C; it stops at the first one it
-                # leaves to the loop below (a stop, a brake, a seed, a spot near, a new cell...)
-                i = movers.glide(ordered, i, now, parents, watched, standing)
-                if i == n:
+                # the usual pings of stored moving devices, in C, the watched cells' ones seen there
+                # first; it stops at the first one it leaves to the loop below (a stop, a brake, a
+                # seed, a new cell...): ~i if it saw that one
+                i = movers.glide(ordered, i, now, parents, watched, standing, see_in_c)
+                if i < 0:
+                    i, seen = ~i, True
+                elif i == n:
                     break
             p = ordered[i]
             i += 1
             c9 = p["cell"]
             dev = p["device_id"]
-            if c9 in watched:  # someone stands near: does this one go past them?
+            if seen:  # and refused by the glide below's rules: on to the slow path
+                seen = False
+            elif c9 in watched:  # someone stands near: does this one go past them?
                 spots.see(c9, dev, p["ts"], p["lat"], p["lon"], p["speed_mps"], p["heading_deg"])
                 if movers is not None and movers.glide([p], 0, now, parents, _NOBODY, standing):
                     continue  # seen: now it glides on in C like the others

@@ -220,6 +220,7 @@ class Spots:
         # ``cell in self.by_cell``). Called for every ping near a stop: the C function is bound to
         # by_cell, no Python frame in between (by_cell is never replaced, only emptied).
         self.see: Callable[[str, str, float, float, float, float, float], None]
+        self.native = native  # see is _spots.see: the movers' C glide may call it directly (engine)
         if native:
             self.see = partial(_spots.see, self.by_cell)
             self._cells, self._scan = _spots.cells, _spots.usual

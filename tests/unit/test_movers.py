@@ -32,14 +32,27 @@ LAT, LON = 52.5200, 13.4050
 
 
 class Counting:
-    """The engine's store, counting the pings its C glide takes."""
+    """The engine's store, counting the pings its C glide takes, and the watched ones it sees.
+
+    ``seen_taken``: watched pings seen and glided in C, ``seen_run`` the most in a row of one call;
+    ``seen_refused``: the calls that saw their last ping and left it to Python (returned ~i).
+    """
 
     def __init__(self, store: _movers.Store) -> None:
         self.store, self.taken = store, 0
+        self.seen_taken = self.seen_run = self.seen_refused = 0
 
     def glide(self, pings: list[Any], start: int, *rest: Any) -> int:
         i = self.store.glide(pings, start, *rest)
-        self.taken += i - start
+        end = ~i if i < 0 else i
+        self.taken += end - start
+        self.seen_refused += i < 0
+        if len(rest) > 4 and rest[4]:  # see: the watched ones it took were seen first
+            watched, run = rest[1], 0
+            for j in range(start, end):
+                run = run + 1 if pings[j]["cell"] in watched else 0
+                self.seen_taken += run > 0
+                self.seen_run = max(self.seen_run, run)
         return i
 
     def __len__(self) -> int:
@@ -230,7 +243,10 @@ def test_native_engine_publishes_stores_and_ends_as_the_python_one(seed: int) ->
     total = sum(len(b) for _, b in records)
     # both paths ran: many pings in C, the stops, brakes, seeds and replays in Python
     print("records", steps, "pings", total, "in C", counting.taken, "alerts", alerts, kinds)
+    print("seen in C: glided", counting.seen_taken, "in a row", counting.seen_run, "refused", counting.seen_refused)
     assert 0.3 * total < counting.taken < 0.95 * total, (counting.taken, total)
+    # watched pings seen in C: glided on, several in a row, and refused (the loop must not see them again)
+    assert counting.seen_taken > 0.1 * total and counting.seen_run >= 3 and counting.seen_refused > 100
 
 
 _numbers = st.one_of(
