@@ -164,20 +164,8 @@ def _reference_add_pings(
     touched: set[str],
     wake: set[str],
 ) -> int:
-    """The engine's loop before the C one (pipeline/engine.py, on_pings)."""
-    duplicates = 0
-    for p in pings:
-        if p.get("state") != "parked":
-            c9 = p["cell"]
-            window = windows.get(c9) or make()
-            if window.add(p["device_id"], p["seq"], p["ts"], p["speed_mps"], p["heading_deg"], now):
-                windows[c9] = window
-                touched.add(c9)
-                if window.added >= window.wake_at:
-                    wake.add(c9)
-            else:
-                duplicates += 1
-    return duplicates
+    """The engine's loop before the C one (pipeline/engine.py, on_pings), a new cell's window made fresh."""
+    return _reference_count(pings, windows, lambda _cell, _partition: make(), now, touched, wake)
 
 
 @settings(max_examples=150, deadline=None)
